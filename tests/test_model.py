@@ -164,3 +164,53 @@ def test_connector_registry():
 def test_config_rejects_unknown_strategy():
     with pytest.raises(ValueError, match="vision_feature_select_strategy"):
         tiny_llava_config(image_token_id=IMAGE_TOKEN, vision_feature_select_strategy="cls")
+
+
+def test_build_model_loads_pretrained_parts_from_folders(tmp_path):
+    from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM
+
+    from llavakit.model.build import ModelSpec, build_model
+    from llavakit.tiny_models import tiny_text_config, tiny_vision_config
+
+    torch.manual_seed(0)
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=tiny_vision_config("clip").to_dict(),
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4),
+            projection_dim=32,
+        )
+    )
+    clip.save_pretrained(tmp_path / "clip")
+    llm = LlamaForCausalLM(tiny_text_config("llama", vocab_size=600))
+    llm.save_pretrained(tmp_path / "llm")
+    model = build_model(
+        ModelSpec(vision=str(tmp_path / "clip"), language=str(tmp_path / "llm"), image_token_id=IMAGE_TOKEN)
+    )
+    assert model.config.text_config.vocab_size == IMAGE_TOKEN + 1
+    torch.testing.assert_close(
+        model.vision_tower.encoder.embeddings.patch_embedding.weight,
+        clip.vision_model.embeddings.patch_embedding.weight,
+    )
+    torch.testing.assert_close(model.language_model.model.norm.weight, llm.model.norm.weight)
+    torch.testing.assert_close(
+        model.get_input_embeddings().weight[:600], llm.get_input_embeddings().weight
+    )
+
+
+def test_build_model_from_config_dicts():
+    from llavakit.model.build import ModelSpec, build_model
+
+    model = build_model(
+        ModelSpec(
+            vision=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, image_size=32, patch_size=8),
+            language=dict(model_type="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+            image_token_id=299,
+            connector="linear",
+        )
+    )
+    assert model.config.num_image_tokens == 15  # 16 SigLIP patches; `default` drops the first as transformers does
+    assert model.get_image_features(pixels(1)).shape == (1, 15, 64)
+    with pytest.raises(ValueError, match="model_type"):
+        build_model(ModelSpec(vision=dict(hidden_size=4), language=dict(model_type="qwen2"), image_token_id=1))
