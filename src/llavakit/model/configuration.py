@@ -12,7 +12,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 # Vision models that prepend a CLS token to their patch features.
-_VISION_TYPES_WITH_CLS = {"clip_vision_model"}
+VISION_TYPES_WITH_CLS = {"clip_vision_model"}
 
 
 class LlavaKitConfig(PreTrainedConfig):
@@ -58,7 +58,7 @@ class LlavaKitConfig(PreTrainedConfig):
         """Visual features one image becomes (and so `<image>` tokens the processor emits)."""
         vision = self.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
-        has_cls = vision.model_type in _VISION_TYPES_WITH_CLS
+        has_cls = vision.model_type in VISION_TYPES_WITH_CLS
         if self.vision_feature_select_strategy == "full":
             return patches + int(has_cls)
         # `default` drops the first feature: the CLS token where there is one (as transformers does).

@@ -1,0 +1,333 @@
+"""Conversion between llavakit, transformers' Llava and original LLaVA checkpoints: same logits after every move.
+
+Run: .venv/bin/python -m pytest tests/test_convert.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from llavakit.model.convert import (
+    export_to_transformers,
+    import_original_llava,
+    import_transformers_llava,
+    is_original_llava_checkpoint,
+    llavakit_config_from_transformers,
+    llavakit_state_dict_from_transformers,
+    read_original_llava_config,
+    transformers_config_from_llavakit,
+    transformers_state_dict_from_llavakit,
+)
+from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.tiny_models import tiny_llava_config, tiny_text_config, tiny_vision_config
+
+IMAGE_TOKEN = 600
+VOCAB = 640
+TOL = 1e-4
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Weights far from the near-zero default init, so that a wrong mapping shows in the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
+def _expected_image_tokens(vision: str, strategy: str, image_size: int = 32, patch_size: int = 8) -> int:
+    """Features per image, by hand: CLIP prepends a CLS; `default` drops the first feature."""
+    patches = (image_size // patch_size) ** 2
+    tokens = patches + (1 if vision == "clip" else 0)
+    return tokens - 1 if strategy == "default" else tokens
+
+
+def _inputs(num_image_tokens: int, image_token_id: int, seed: int = 0):
+    """Two rows with text around one image each, plus their pixel values."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for prefix, suffix in ((3, 5), (6, 2)):
+        text = torch.randint(0, IMAGE_TOKEN, (prefix + suffix,), generator=generator)
+        rows.append(torch.cat([text[:prefix], torch.full((num_image_tokens,), image_token_id), text[prefix:]]))
+    pixel_values = torch.randn(2, 3, 32, 32, generator=generator)
+    return torch.stack(rows), pixel_values
+
+
+def _transformers_llava(vision: str, text: str, strategy: str, layer, tie: bool) -> LlavaForConditionalGeneration:
+    config = LlavaConfig(
+        vision_config=tiny_vision_config(vision),
+        text_config=tiny_text_config(text, vocab_size=VOCAB, tie_word_embeddings=tie),
+        image_token_index=IMAGE_TOKEN,
+        image_seq_length=_expected_image_tokens(vision, strategy),
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=layer,
+        tie_word_embeddings=tie,
+    )
+    return _randomize(LlavaForConditionalGeneration(config), seed=1)
+
+
+CASES = [
+    ("clip", "llama", "default", -2, False),
+    ("clip", "llama", "full", [-3, -1], False),
+    ("siglip", "qwen2", "default", [-2, -1], True),
+    ("siglip", "qwen2", "full", -1, True),
+]
+
+
+@pytest.mark.parametrize("vision,text,strategy,layer,tie", CASES)
+def test_import_transformers_llava_matches_logits(tmp_path, vision, text, strategy, layer, tie):
+    reference = _transformers_llava(vision, text, strategy, layer, tie)
+    reference.save_pretrained(tmp_path)
+    model = import_transformers_llava(tmp_path)
+
+    num_tokens = _expected_image_tokens(vision, strategy)
+    assert model.config.num_image_tokens == num_tokens
+    assert model.config.vision_feature_layer == layer
+    assert model.config.tie_word_embeddings == tie
+    assert not model.training
+    input_ids, pixel_values = _inputs(num_tokens, IMAGE_TOKEN)
+    with torch.no_grad():
+        expected = reference(input_ids=input_ids, pixel_values=pixel_values).logits
+        actual = model(input_ids=input_ids, pixel_values=pixel_values).logits
+        other_image = model(input_ids=input_ids, pixel_values=pixel_values.flip(-1)).logits
+    torch.testing.assert_close(actual, expected, atol=TOL, rtol=0)
+    # The image path is live: other pixels change the logits far beyond the tolerance.
+    assert (other_image - actual).abs().max() > 100 * TOL
+
+
+def test_import_in_memory_model_shares_tensors():
+    reference = _transformers_llava("clip", "llama", "default", -2, tie=False)
+    model = import_transformers_llava(reference)
+    assert model.multi_modal_projector.layers[1].weight.data_ptr() == (
+        reference.model.multi_modal_projector.linear_2.weight.data_ptr()
+    )
+    halved = import_transformers_llava(reference, dtype=torch.bfloat16)
+    assert halved.dtype == torch.bfloat16
+    assert reference.dtype == torch.float32  # the source model is left as it was
+
+
+@pytest.mark.parametrize(
+    "vision,text,strategy,layer,tie",
+    [("clip", "llama", "default", -2, False), ("siglip", "qwen2", "full", [-3, -1], True)],
+)
+def test_export_roundtrip_through_save_pretrained(tmp_path, vision, text, strategy, layer, tie):
+    config = tiny_llava_config(
+        IMAGE_TOKEN,
+        vocab_size=VOCAB,
+        vision=vision,
+        text=text,
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=layer,
+        tie_word_embeddings=tie,
+    )
+    config.text_config.tie_word_embeddings = tie
+    model = _randomize(LlavaKitForCausalLM(config), seed=2)
+    if tie:
+        model.tie_weights()
+
+    exported = export_to_transformers(model)
+    assert not exported.training and exported.dtype == model.dtype
+    assert exported.config.image_seq_length == _expected_image_tokens(vision, strategy)
+    exported.save_pretrained(tmp_path)
+    reloaded = LlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
+
+    input_ids, pixel_values = _inputs(model.config.num_image_tokens, IMAGE_TOKEN, seed=3)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, pixel_values=pixel_values).logits
+        actual = reloaded(input_ids=input_ids, pixel_values=pixel_values).logits
+    torch.testing.assert_close(actual, expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("connector,word", [("linear", "linear"), ("mlp3x_gelu", "3 linear layers")])
+def test_export_rejects_connectors_transformers_cannot_hold(connector, word):
+    model = LlavaKitForCausalLM(tiny_llava_config(IMAGE_TOKEN, vocab_size=VOCAB, connector=connector))
+    with pytest.raises(ValueError, match=word):
+        export_to_transformers(model)
+    with pytest.raises(ValueError, match=connector):
+        transformers_config_from_llavakit(model.config)
+
+
+def test_config_roundtrip_keeps_llava_fields():
+    config = tiny_llava_config(
+        IMAGE_TOKEN, vocab_size=VOCAB, vision_feature_layer=[-3, -1], vision_feature_select_strategy="full"
+    )
+    exported = transformers_config_from_llavakit(config)
+    assert exported.image_token_id == IMAGE_TOKEN and exported.image_token_index == IMAGE_TOKEN
+    assert exported.image_seq_length == 17  # 16 patches + CLS
+    assert exported.vision_feature_layer == [-3, -1]
+    back = llavakit_config_from_transformers(exported)
+    assert (back.connector, back.vision_feature_layer, back.vision_feature_select_strategy, back.image_token_id) == (
+        "mlp2x_gelu",
+        [-3, -1],
+        "full",
+        IMAGE_TOKEN,
+    )
+    assert back.text_config.hidden_size == config.text_config.hidden_size
+
+
+@pytest.mark.parametrize("field,value", [("projector_hidden_act", "relu"), ("multimodal_projector_bias", False)])
+def test_transformers_projectors_without_a_connector_are_rejected(field, value):
+    config = LlavaConfig(vision_config=tiny_vision_config(), text_config=tiny_text_config(), **{field: value})
+    with pytest.raises(ValueError, match=field):
+        llavakit_config_from_transformers(config)
+
+
+def test_state_dict_maps_are_inverse_and_strict():
+    reference = _transformers_llava("clip", "llama", "default", -2, tie=False)
+    state_dict = reference.state_dict()
+    llavakit_keys = llavakit_state_dict_from_transformers(state_dict)
+    llavakit_model = LlavaKitForCausalLM(llavakit_config_from_transformers(reference.config))
+    assert set(llavakit_keys) == set(llavakit_model.state_dict())
+    assert set(transformers_state_dict_from_llavakit(llavakit_keys)) == set(state_dict)
+    with pytest.raises(ValueError, match="model.image_newline"):
+        llavakit_state_dict_from_transformers({**state_dict, "model.image_newline": torch.zeros(4)})
+    with pytest.raises(ValueError, match="multi_modal_projector.layers.2.weight"):
+        transformers_state_dict_from_llavakit({"multi_modal_projector.layers.2.weight": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------- original LLaVA layout
+
+
+def _original_checkpoint(tmp_path, vision: str, text: str, projector: str, vision_inside: bool, extra_keys=None):
+    """Write an original-LLaVA folder from random parts; return (folder, vision model, LLM, projector weights)."""
+    vision_model = _randomize(AutoModel.from_config(tiny_vision_config(vision)), seed=4)
+    llm = _randomize(AutoModelForCausalLM.from_config(tiny_text_config(text, vocab_size=VOCAB)), seed=5)
+    depth = 1 if projector == "linear" else 2
+    generator = torch.Generator().manual_seed(6)
+    dims = [vision_model.config.hidden_size] + [llm.config.hidden_size] * depth
+    projector_weights = [
+        (
+            torch.randn(dims[i + 1], dims[i], generator=generator) * 0.1,
+            torch.randn(dims[i + 1], generator=generator) * 0.1,
+        )
+        for i in range(depth)
+    ]
+
+    vision_folder = tmp_path / "vision"
+    if vision_inside:  # only the config: the weights must come from the checkpoint
+        vision_model.config.save_pretrained(vision_folder)
+    else:
+        vision_model.save_pretrained(vision_folder)
+
+    weights = {key: tensor.clone() for key, tensor in llm.state_dict().items()}
+    if projector == "linear":
+        weights["model.mm_projector.weight"], weights["model.mm_projector.bias"] = projector_weights[0]
+    else:
+        for index, (weight, bias) in enumerate(projector_weights):
+            weights[f"model.mm_projector.{2 * index}.weight"] = weight
+            weights[f"model.mm_projector.{2 * index}.bias"] = bias
+    if vision_inside:
+        prefix = "model.vision_tower.vision_tower.vision_model."
+        weights.update({prefix + key: tensor.clone() for key, tensor in vision_model.state_dict().items()})
+        if vision == "clip":  # older transformers saved this buffer
+            weights[prefix + "embeddings.position_ids"] = torch.arange(17)[None]
+    weights.update(extra_keys or {})
+
+    architecture = {"llama": "LlavaLlamaForCausalLM", "qwen2": "LlavaQwenForCausalLM"}[text]
+    config = llm.config.to_dict()
+    config.update(
+        architectures=[architecture],
+        model_type="llava" if text == "llama" else "llava_qwen",  # LLaVA-1.5's own configs say "llava"
+        mm_vision_tower="openai/clip-vit-large-patch14-336" if vision_inside else str(vision_folder),
+        mm_projector_type=projector,
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        mm_hidden_size=vision_model.config.hidden_size,
+        image_aspect_ratio="pad",
+        mm_use_im_start_end=False,
+        tune_mm_mlp_adapter=False,
+        use_mm_proj=True,
+    )
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    if vision_inside:
+        torch.save(weights, folder / "pytorch_model.bin")
+    else:
+        save_file({key: tensor.contiguous() for key, tensor in weights.items()}, folder / "model.safetensors")
+    return folder, vision_folder, vision_model, llm, projector_weights
+
+
+def _original_reference(vision_model, llm, projector_weights, drop_cls: bool, prefix_ids, suffix_ids, pixel_values):
+    """Original LLaVA's forward, by hand: layer -2 features, projector, spliced at the placeholder."""
+    with torch.no_grad():
+        features = vision_model(pixel_values, output_hidden_states=True).hidden_states[-2]
+        if drop_cls:
+            features = features[:, 1:]
+        for index, (weight, bias) in enumerate(projector_weights):
+            if index > 0:
+                features = F.gelu(features)
+            features = F.linear(features, weight, bias)
+        embed = llm.get_input_embeddings()
+        inputs_embeds = torch.cat([embed(prefix_ids)[None], features, embed(suffix_ids)[None]], dim=1)
+        return llm(inputs_embeds=inputs_embeds).logits, features.shape[1]
+
+
+@pytest.mark.parametrize(
+    "vision,text,projector,vision_inside,image_token_id",
+    [
+        ("clip", "llama", "mlp2x_gelu", False, 5),
+        ("clip", "llama", "linear", True, VOCAB),  # <image> past the vocabulary: embeddings grow
+        ("siglip", "qwen2", "mlp2x_gelu", False, VOCAB + 3),
+    ],
+)
+def test_import_original_llava_matches_hand_reference(tmp_path, vision, text, projector, vision_inside, image_token_id):
+    folder, vision_folder, vision_model, llm, projector_weights = _original_checkpoint(
+        tmp_path, vision, text, projector, vision_inside
+    )
+    assert is_original_llava_checkpoint(folder)
+    assert read_original_llava_config(folder).image_aspect_ratio == "pad"
+    model = import_original_llava(
+        folder, image_token_id=image_token_id, vision_tower_path=str(vision_folder) if vision_inside else None
+    )
+
+    prefix_ids, suffix_ids = torch.tensor([1, 17, 42, 99]), torch.tensor([7, 300, 2])
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    # LLaVA's SigLIP towers keep every feature (no CLS to drop); `patch` drops CLIP's CLS.
+    expected, num_features = _original_reference(
+        vision_model, llm, projector_weights, vision == "clip", prefix_ids, suffix_ids, pixel_values
+    )
+    assert model.config.num_image_tokens == num_features
+    input_ids = torch.cat([prefix_ids, torch.full((num_features,), image_token_id), suffix_ids])[None]
+    with torch.no_grad():
+        actual = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    torch.testing.assert_close(actual[..., :VOCAB], expected, atol=TOL, rtol=0)
+
+    vocab = max(VOCAB, image_token_id + 1)
+    assert model.config.text_config.vocab_size == vocab and actual.shape[-1] == vocab
+    if vocab > VOCAB:  # new rows are the mean of the old ones
+        old_mean = llm.get_input_embeddings().weight.mean(dim=0)
+        torch.testing.assert_close(model.get_input_embeddings().weight[VOCAB:], old_mean.expand(vocab - VOCAB, -1))
+        torch.testing.assert_close(
+            model.get_output_embeddings().weight[-1], llm.get_output_embeddings().weight.mean(dim=0)
+        )
+
+
+def test_original_llava_unknown_keys_are_reported(tmp_path):
+    folder, *_ = _original_checkpoint(
+        tmp_path, "clip", "llama", "mlp2x_gelu", False, extra_keys={"image_newline": torch.zeros(64)}
+    )
+    with pytest.raises(ValueError, match="image_newline"):
+        import_original_llava(folder, image_token_id=VOCAB)
+
+
+def test_original_llava_detection_and_bad_projector(tmp_path):
+    reference = _transformers_llava("clip", "llama", "default", -2, tie=False)
+    reference.save_pretrained(tmp_path / "hf")
+    assert not is_original_llava_checkpoint(tmp_path / "hf")
+    folder, *_ = _original_checkpoint(tmp_path, "clip", "llama", "mlp2x_gelu", False)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mm_projector_type": "identity"}))
+    with pytest.raises(ValueError, match="identity"):
+        read_original_llava_config(folder)
