@@ -1,0 +1,118 @@
+"""A tiny byte-level BPE tokenizer, trained in-process in well under a second.
+
+Tests, benchmarks and the offline demo need a real transformers fast tokenizer (offsets,
+special tokens, save/load, `LlavaProcessor` compatibility) without downloading one. This
+module trains one on a small built-in English corpus (plus any texts the caller adds) with
+the `tokenizers` library. Training is deterministic, so two builds give the same ids.
+
+Every special token that the conversation templates use is a single id, the BOS `<s>` is
+added in front by the post-processor (as Llama's tokenizer does), EOS is `</s>`, PAD `<pad>`.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+SPECIAL_TOKENS = (
+    UNK,
+    BOS,
+    EOS,
+    PAD,
+    "<image>",
+    "<video>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+# `tiny_text_config()` has 640 embedding rows; the vocabulary must fit in them.
+MAX_VOCAB_SIZE = 640
+
+_CORPUS = (
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "You are a helpful assistant. You are a helpful language and vision assistant.",
+    "You are able to understand the visual content that the user provides.",
+    "USER: What is shown in the image? ASSISTANT: The image shows a red circle.",
+    "user assistant system human gpt USER ASSISTANT SYSTEM",
+    "Describe the image in detail. Describe this picture briefly.",
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+    "What color is the square? The square is blue.",
+    "How many shapes are there in the picture? There are three shapes.",
+    "Where is the triangle? The triangle is at the top left of the image.",
+    "Is the circle larger than the square? Yes, the circle is larger.",
+    "A small green triangle next to a large yellow circle on a white background.",
+    "A photo of a cat sitting on a wooden table near a window.",
+    "A dog runs across the grass in a park on a sunny day.",
+    "Two people are walking along the beach at sunset.",
+    "The man is holding an umbrella in the rain.",
+    "There is a bus parked on the side of the street.",
+    "What is the capital of France? Paris is the capital of France.",
+    "red green blue yellow orange purple black white gray brown pink",
+    "circle square triangle star rectangle ellipse line box object shape",
+    "left right top bottom center middle above below near far inside outside",
+    "one two three four five six seven eight nine ten zero",
+    "0 1 2 3 4 5 6 7 8 9 10 100 2024",
+    "small large big tiny huge short long wide narrow bright dark",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please look at the picture and tell me what you see.",
+    "Can you explain why the sky looks blue during the day?",
+    "The answer is yes. The answer is no. I am not sure.",
+    "Compare the two images and describe the differences.",
+    "In the first frame of the video a ball rolls to the right.",
+    "Read the text in the image: OPEN 24 HOURS.",
+    "def main(): return 0  # code, numbers 3.14 and symbols (a) [b] {c} <d> - + = * / %",
+)
+
+
+def _train(texts: list[str], vocab_size: int) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    bos_id = tokenizer.token_to_id(BOS)
+    # Untrimmed offsets: every character belongs to exactly one token, which label masking relies on.
+    tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
+        ]
+    )
+    return tokenizer
+
+
+def build_tiny_tokenizer(extra_texts: list[str] | None = None, vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on the built-in corpus plus `extra_texts`.
+
+    `vocab_size` counts the 256 byte symbols and the special tokens too; it may not exceed
+    640 so that ids fit the tiny language models.
+    """
+    minimum = 256 + len(SPECIAL_TOKENS)
+    if not minimum <= vocab_size <= MAX_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be in [{minimum}, {MAX_VOCAB_SIZE}], got {vocab_size}")
+    texts = list(_CORPUS) + list(extra_texts or [])
+    backend = _train(texts, vocab_size)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (UNK, BOS, EOS, PAD)],
+        model_max_length=2048,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
