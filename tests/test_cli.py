@@ -123,3 +123,20 @@ def test_chat_answer_is_greedy_continuation_of_the_prompt():
     assert session.turns[-1] == {"role": "assistant", "content": answer}
     with pytest.raises(ValueError, match="empty"):
         session.ask("  ")
+
+
+def test_import_original_llava_folder_with_its_tokenizer(tmp_path, tiny_tokenizer):
+    from test_convert import _original_checkpoint
+
+    from llavakit.model.convert import import_original_llava
+
+    folder, *_ = _original_checkpoint(tmp_path, "clip", "llama", "mlp2x_gelu", vision_inside=False)
+    tiny_tokenizer.save_pretrained(folder)
+    assert main(["import", str(folder), str(tmp_path / "kit")]) == 0
+    processor = LlavaKitProcessor.from_pretrained(tmp_path / "kit")
+    assert (processor.image_config.mode, processor.template.name) == ("pad", "vicuna_v1")
+    imported = LlavaKitForCausalLM.from_pretrained(tmp_path / "kit").eval()
+    reference = import_original_llava(folder, image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>")).eval()
+    inputs = processor(text=PROMPT, images=[photo(2)], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(imported(**inputs).logits, reference(**inputs).logits)

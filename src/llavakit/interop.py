@@ -32,7 +32,7 @@ def default_template(text_model_type: str, tokenizer: PreTrainedTokenizerBase) -
     """The conversation template a language model family was tuned with (override with --template)."""
     if text_model_type.startswith("qwen"):
         return "chatml"
-    if "<|eot_id|>" in tokenizer.get_vocab():
+    if tokenizer.eos_token == "<|eot_id|>":
         return "llama3"
     return "vicuna_v1"
 
