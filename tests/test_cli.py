@@ -140,3 +140,19 @@ def test_import_original_llava_folder_with_its_tokenizer(tmp_path, tiny_tokenize
     inputs = processor(text=PROMPT, images=[photo(2)], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(imported(**inputs).logits, reference(**inputs).logits)
+
+
+def test_data_synth_then_check_finds_exactly_the_broken_sample(tmp_path, capsys, tiny_tokenizer):
+    import json
+
+    assert main(["data", "synth", str(tmp_path / "world"), "--n", "20", "--seed", "3"]) == 0
+    instruct = tmp_path / "world" / "instruct.json"
+    assert main(["data", "check", str(instruct)]) == 0
+    records = json.loads(instruct.read_text())
+    records[1]["image"] = "images/missing.png"
+    instruct.write_text(json.dumps(records))
+    capsys.readouterr()
+    assert main(["data", "check", str(instruct)]) == 1
+    report = capsys.readouterr().out
+    assert records[1]["id"] in report and "missing image" in report
+    assert records[0]["id"] not in report

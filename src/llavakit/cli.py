@@ -51,6 +51,37 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_synth(args: argparse.Namespace) -> int:
+    from llavakit.data.instruct import write_instruct_files
+    from llavakit.data.synth import write_world
+
+    manifest = write_world(args.output, n=args.n, seed=args.seed, test_fraction=args.test_fraction)
+    files = write_instruct_files(manifest.root, seed=args.seed)
+    print(f"wrote {args.n} scenes to {manifest.root}")
+    for name, path in files.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def _data_instruct(args: argparse.Namespace) -> int:
+    from llavakit.data.instruct import write_instruct_files
+
+    for name, path in write_instruct_files(args.world, args.output, seed=args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from llavakit.data.dataset import DatasetSpec, check_data
+    from llavakit.data.processor import LlavaKitProcessor
+
+    processor = LlavaKitProcessor.from_pretrained(args.processor) if args.processor else None
+    specs = [DatasetSpec(path, image_folder=args.image_folder) for path in args.data]
+    report = check_data(specs, processor, args.max_length)
+    print(report.render())
+    return 1 if report.num_bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("checkpoint")
     exporter.add_argument("output")
     exporter.set_defaults(run=_export)
+    data = commands.add_parser("data", help="make and check LLaVA-format data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synth = data_commands.add_parser("synth", help="generate the synthetic shape world and its instruction data")
+    synth.add_argument("output")
+    synth.add_argument("--n", type=int, default=1000, help="number of images")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-fraction", type=float, default=0.2)
+    synth.set_defaults(run=_data_synth)
+    instruct = data_commands.add_parser("instruct", help="instruction and evaluation data from a synthetic world")
+    instruct.add_argument("world", help="folder written by `llavakit data synth`")
+    instruct.add_argument("--output", help="default: the world folder")
+    instruct.add_argument("--seed", type=int, default=0)
+    instruct.set_defaults(run=_data_instruct)
+    check = data_commands.add_parser("check", help="count samples, images, tokens; list every bad sample")
+    check.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
+    check.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
+    check.add_argument("--processor", help="processor or checkpoint folder: enables token counts and length checks")
+    check.add_argument("--max-length", type=int, default=None)
+    check.set_defaults(run=_data_check)
     return parser
 
 
