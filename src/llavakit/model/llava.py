@@ -6,15 +6,33 @@ the images, projects the features, checks that their number equals the number of
 placeholders, and scatters them into the token embeddings before the language model runs.
 Save/load, generate (with KV cache), gradient checkpointing and device maps come from
 transformers' `PreTrainedModel` and `GenerationMixin`.
+
+High-resolution inputs (`config.image_mode` other than `fixed`) follow transformers'
+LLaVA-NeXT / OneVision conventions, so the same tensors drive either model:
+
+* `pixel_values`: every image's crops, base image first, stacked flat `(total crops, 3, S, S)`,
+  or transformers' padded `(images, max crops, 3, S, S)`;
+* `image_sizes`: `(images, 2)` original (height, width), which fix each image's grid;
+* `image_num_crops` (optional): crops per image; 1 marks an image encoded at base
+  resolution only (a OneVision multi-image sample). Default: 1 + the grid's cells.
+
+Videos (`<video>` tokens, `config.video_token_id`) come as `pixel_values_videos`: frames at
+base resolution, `(videos, frames, 3, S, S)` or flat `(total frames, 3, S, S)` with
+`video_num_frames`. All crops (and all frames) are encoded in one batched call.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from llavakit.model import anyres
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.connectors import build_connector
 from llavakit.model.vision import VisionTower
@@ -52,7 +70,17 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             config.connector, self.vision_tower.hidden_size, config.text_config.hidden_size
         )
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        if config.has_image_newline:
+            # Row-end / end-of-image vector of LLaVA-NeXT and OneVision (and LLaVA-1.5-HD's row-end token).
+            hidden = config.text_config.hidden_size
+            self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self and getattr(self, "image_newline", None) is not None:
+            init.normal_(self.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -66,14 +94,132 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_output_embeddings(value)
 
+    def _newline(self) -> torch.Tensor | None:
+        return getattr(self, "image_newline", None)
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(images, 3, H, W) -> (images, features, text hidden size)."""
-        return self.multi_modal_projector(self.vision_tower(pixel_values))
+        """(images, 3, H, W) -> (images, features, text hidden size); one crop per image (`fixed`)."""
+        features = self.multi_modal_projector(self.vision_tower(pixel_values))
+        if self.config.newline_in_images:
+            newline = self.image_newline.to(features.device, features.dtype)
+            features = torch.cat((features, newline.expand(features.shape[0], 1, -1)), dim=1)
+        return features
+
+    def _crop_counts(self, image_sizes: torch.Tensor, image_num_crops: Sequence[int] | torch.Tensor | None) -> list[int]:
+        if image_num_crops is not None:
+            counts = [int(count) for count in image_num_crops]
+            if len(counts) != len(image_sizes):
+                raise ValueError(f"image_num_crops has {len(counts)} entries for {len(image_sizes)} image_sizes")
+            return counts
+        pinpoints, crop = self.config.grid_pinpoints, self.config.crop_size
+        return [1 + anyres.num_grid_cells(size, pinpoints, crop) for size in image_sizes.tolist()]
+
+    def get_anyres_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | Sequence[Sequence[int]],
+        image_num_crops: Sequence[int] | torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Each image's visual tokens `(N_i, text hidden size)` in the grid modes.
+
+        All crops go through the vision tower and connector in one call; each image's crop
+        features are then merged, unpadded, reduced (`anyres_max_N`), given row-end newlines
+        and joined with its base features by `anyres.pack_anyres_features`. An image with one
+        crop is base-only: its features plus one newline.
+        """
+        config = self.config
+        image_sizes = torch.as_tensor(image_sizes).reshape(-1, 2)
+        counts = self._crop_counts(image_sizes, image_num_crops)
+        if pixel_values.dim() == 5:
+            if pixel_values.shape[0] != len(counts):
+                raise ValueError(f"pixel_values holds {pixel_values.shape[0]} images but image_sizes {len(counts)}")
+            pixel_values = torch.cat([crops[:count] for crops, count in zip(pixel_values, counts)])
+        elif pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (crops, 3, H, W) or (images, crops, 3, H, W), got {tuple(pixel_values.shape)}")
+        if pixel_values.shape[0] != sum(counts):
+            raise ValueError(
+                f"pixel_values holds {pixel_values.shape[0]} crops but the {len(counts)} image(s) need {sum(counts)} "
+                f"({counts}); preprocess the images with the model's processor"
+            )
+        features = self.multi_modal_projector(self.vision_tower(pixel_values))
+        pinpoints, crop = config.grid_pinpoints, config.crop_size
+        packed, start = [], 0
+        for size, count in zip(image_sizes.tolist(), counts):
+            crops = features[start : start + count]
+            start += count
+            if count != 1 and count != 1 + anyres.num_grid_cells(size, pinpoints, crop):
+                raise ValueError(
+                    f"an image of size {tuple(size)} has {count} crops, but its grid needs "
+                    f"{1 + anyres.num_grid_cells(size, pinpoints, crop)} (or 1 for base only)"
+                )
+            packed.append(
+                anyres.pack_anyres_features(
+                    crops,
+                    size,
+                    pinpoints,
+                    crop,
+                    newline=self._newline() if config.newline_in_images else None,
+                    max_crops=config.max_crops,
+                    base_first=config.base_first,
+                )
+            )
+        return packed
+
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_num_frames: Sequence[int] | torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Each video's visual tokens: frames encoded at base resolution, projected, pooled, newlines placed."""
+        config = self.config
+        if config.video_token_id is None:
+            raise ValueError("pixel_values_videos given, but the model config has no video_token_id")
+        if pixel_values_videos.dim() == 5:
+            frames = [pixel_values_videos.shape[1]] * pixel_values_videos.shape[0]
+            pixel_values_videos = pixel_values_videos.flatten(0, 1)
+        elif pixel_values_videos.dim() == 4:
+            frames = [pixel_values_videos.shape[0]] if video_num_frames is None else [int(n) for n in video_num_frames]
+        else:
+            raise ValueError(
+                f"pixel_values_videos must be (videos, frames, 3, H, W) or (frames, 3, H, W), got {tuple(pixel_values_videos.shape)}"
+            )
+        if sum(frames) != pixel_values_videos.shape[0] or min(frames, default=0) < 1:
+            raise ValueError(f"pixel_values_videos holds {pixel_values_videos.shape[0]} frames, video_num_frames says {frames}")
+        features = self.multi_modal_projector(self.vision_tower(pixel_values_videos))
+        pooled = anyres.pool_video_features(features, config.video_pool_mode, config.video_pool_stride)
+        side = math.isqrt(pooled.shape[1])
+        pooled = pooled.reshape(pooled.shape[0], side, side, pooled.shape[-1])
+        newline = self._newline()
+        if newline is None:
+            newline = pooled.new_zeros(pooled.shape[-1])  # only reached with video_newline='none'
+        videos, start = [], 0
+        for count in frames:
+            videos.append(anyres.add_video_newlines(pooled[start : start + count], newline, config.video_newline))
+            start += count
+        return videos
+
+    def _scatter(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, features: torch.Tensor, token_id: int, what: str
+    ) -> torch.Tensor:
+        mask = input_ids == token_id
+        num_tokens = int(mask.sum())
+        if num_tokens != features.shape[0]:
+            raise ValueError(
+                f"the input has {num_tokens} {what} tokens but the {what}s give {features.shape[0]} features; "
+                f"expand every <{what}> with the model's processor"
+            )
+        features = features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), features)
 
     def merge_image_features(
-        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor | list[torch.Tensor]
     ) -> torch.Tensor:
-        """Put the image features, in order, at the `<image>` token positions."""
+        """Put the image features, in order, at the `<image>` token positions.
+
+        `image_features`: `(images, features, hidden)` (one count per image) or a list of
+        `(features_i, hidden)` (the grid modes, one count per image).
+        """
+        if isinstance(image_features, (list, tuple)):
+            flat = torch.cat(list(image_features)) if image_features else inputs_embeds.new_zeros(0, inputs_embeds.shape[-1])
+            return self._scatter(input_ids, inputs_embeds, flat, self.config.image_token_id, "image")
         image_mask = input_ids == self.config.image_token_id
         num_tokens = int(image_mask.sum())
         num_images, per_image = image_features.shape[:2]
@@ -97,9 +243,16 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        image_num_crops: torch.Tensor | Sequence[int] | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_num_frames: torch.Tensor | Sequence[int] | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Loss (when `labels` is given) counts only positions whose label is not -100."""
+        """Loss (when `labels` is given) counts only positions whose label is not -100.
+
+        `image_sizes` / `image_num_crops` matter in the grid modes only (see the module docstring).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -107,9 +260,28 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         if pixel_values is not None and pixel_values.shape[0] > 0:
             if input_ids is None:
                 raise ValueError("pixel_values need input_ids to find the <image> tokens")
-            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, self.get_image_features(pixel_values))
+            if self.config.image_mode == "fixed":
+                features = self.get_image_features(pixel_values)
+            elif image_sizes is None:
+                raise ValueError(f"image_mode {self.config.image_mode!r} needs image_sizes beside pixel_values")
+            else:
+                features = self.get_anyres_image_features(pixel_values, image_sizes, image_num_crops)
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
         elif input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("the input has <image> tokens but no pixel_values")
+        video_token = self.config.video_token_id
+        if pixel_values_videos is not None and pixel_values_videos.shape[0] > 0:
+            if input_ids is None:
+                raise ValueError("pixel_values_videos need input_ids to find the <video> tokens")
+            videos = torch.cat(self.get_video_features(pixel_values_videos, video_num_frames))
+            inputs_embeds = self._scatter(input_ids, inputs_embeds, videos, video_token, "video")
+        elif (
+            video_token is not None
+            and input_ids is not None
+            and past_key_values is None
+            and bool((input_ids == video_token).any())
+        ):
+            raise ValueError("the input has <video> tokens but no pixel_values_videos")
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -1,0 +1,130 @@
+"""Pretrain the demo's two backbones from scratch, so nothing has to be downloaded.
+
+LLaVA starts from a contrastively pretrained vision encoder (CLIP) and a pretrained language
+model. The demo makes tiny versions of both on the synthetic world: a transformers
+`CLIPModel` trained with its own contrastive loss on (image, caption) pairs, and a
+transformers causal LM trained on the world's text. Plain loops: a few hundred steps of
+AdamW, with a progress bar and the loss history returned for the plots.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from llavakit.data.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig, load_image, preprocess
+
+
+@dataclass
+class LoopSettings:
+    """How long and how fast one pretraining loop runs."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless shuffled index batches (epoch after epoch)."""
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _train_loop(
+    model: PreTrainedModel, settings: LoopSettings, batches: Iterator[dict[str, torch.Tensor]], description: str
+) -> None:
+    """AdamW with linear warmup then cosine decay over `settings.steps` batches of model kwargs."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
+    warmup = max(1, settings.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup)
+        * 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, settings.steps)))),
+    )
+    model.train()
+    progress = tqdm(range(settings.steps), desc=description, unit="step")
+    for _ in progress:
+        loss = model(**next(batches)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        settings.losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+
+
+def _clip_batches(
+    pixels: torch.Tensor, captions: list[list[int]], pad_id: int, settings: LoopSettings
+) -> Iterator[dict[str, torch.Tensor]]:
+    for indices in _batches(len(captions), settings.batch_size, random.Random(settings.seed)):
+        longest = max(len(captions[i]) for i in indices)
+        ids = torch.full((len(indices), longest), pad_id)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(indices):
+            ids[row, : len(captions[i])] = torch.tensor(captions[i])
+            mask[row, : len(captions[i])] = 1
+        yield dict(pixel_values=pixels[indices], input_ids=ids, attention_mask=mask, return_loss=True)
+
+
+def pretrain_clip(
+    image_paths: Sequence[Path],
+    captions: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    image_size: int,
+    patch_size: int,
+    hidden_size: int,
+    num_layers: int,
+    settings: LoopSettings,
+) -> CLIPModel:
+    """A tiny CLIP trained contrastively on (image, caption) pairs; its vision half becomes the tower."""
+    torch.manual_seed(settings.seed)
+    image_config = ImageProcessingConfig(mode="square", size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+    pixels = torch.from_numpy(np.stack([preprocess(load_image(path), image_config) for path in image_paths]))
+    eos = tokenizer.eos_token_id
+    tokenized = [ids + [eos] for ids in tokenizer(list(captions))["input_ids"]]
+    tower = dict(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
+                 num_attention_heads=4)
+    config = CLIPConfig(
+        vision_config=dict(tower, image_size=image_size, patch_size=patch_size),
+        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=64,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id),
+        projection_dim=hidden_size,
+    )
+    model = CLIPModel(config)
+    _train_loop(model, settings, _clip_batches(pixels, tokenized, tokenizer.pad_token_id, settings), "CLIP pretraining")
+    return model
+
+
+def pretrain_language_model(
+    model: PreTrainedModel, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, context: int,
+    settings: LoopSettings,
+) -> PreTrainedModel:
+    """Next-token training on the world's text, packed into `context`-token chunks (GPT-style)."""
+    torch.manual_seed(settings.seed)
+    stream: list[int] = []
+    for ids in tokenizer(list(texts))["input_ids"]:
+        stream.extend(ids + [tokenizer.eos_token_id])
+    usable = len(stream) // context * context
+    if usable == 0:
+        raise ValueError(f"the text corpus has {len(stream)} tokens, fewer than one {context}-token chunk")
+    chunks = torch.tensor(stream[:usable]).view(-1, context)
+    batches = (
+        dict(input_ids=chunks[indices], labels=chunks[indices])
+        for indices in _batches(len(chunks), settings.batch_size, random.Random(settings.seed))
+    )
+    _train_loop(model, settings, batches, "language model pretraining")
+    return model

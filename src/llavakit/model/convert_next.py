@@ -1,0 +1,222 @@
+"""Checkpoint conversion: transformers' `LlavaNextForConditionalGeneration` and
+`LlavaOnevisionForConditionalGeneration` <-> llavakit.
+
+Why: LLaVA-NeXT and LLaVA-OneVision checkpoints published in transformers' layout must load
+here, and a high-resolution model trained here must be servable by transformers, vLLM and
+SGLang. Their weights are a Llava checkpoint plus one `model.image_newline` vector; what
+differs is the image layout, carried by the config:
+
+    transformers                          llavakit
+    LlavaNext   image_grid_pinpoints  ->  image_mode="anyres", image_grid_pinpoints
+    LlavaOnevision vision_aspect_ratio ->  image_mode="anyres_max_N", multi_image_base_only,
+                video_token_index          video_token_id (bilinear 2x2 pooling, one newline)
+
+Tensors are reused as they are (no copy). Usage:
+
+    model = import_transformers_llava_next("path/to/llava-next-or-onevision-folder")
+    hf_model = export_to_transformers_llava_next(model); hf_model.save_pretrained("out")
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    PreTrainedModel,
+)
+
+from llavakit.model import anyres
+from llavakit.model.configuration import LlavaKitConfig
+from llavakit.model.convert import (
+    _check_text_layout,
+    _load_strict,
+    llavakit_state_dict_from_transformers,
+    transformers_state_dict_from_llavakit,
+)
+from llavakit.model.llava import LlavaKitForCausalLM
+
+logger = logging.getLogger(__name__)
+
+NEXT_MODEL_TYPES = ("llava_next", "llava_onevision")
+_NEWLINE_TRANSFORMERS = "model.image_newline"
+_NEWLINE_LLAVAKIT = "image_newline"
+_EXPORTABLE_CONNECTOR = "mlp2x_gelu"
+# OneVision's fixed video recipe in transformers: 2x2 bilinear pooling, one newline per video.
+_ONEVISION_VIDEO = {"video_pool_mode": "bilinear", "video_pool_stride": 2, "video_newline": "one_token"}
+
+NextConfig = LlavaNextConfig | LlavaOnevisionConfig
+NextModel = LlavaNextForConditionalGeneration | LlavaOnevisionForConditionalGeneration
+
+
+# ---------------------------------------------------------------- configs
+
+
+def _pinpoints(config) -> list[list[int]]:
+    return [[int(h), int(w)] for h, w in config.image_grid_pinpoints]
+
+
+def llavakit_config_from_transformers_next(config: NextConfig) -> LlavaKitConfig:
+    """The LlavaKitConfig of a transformers LlavaNext or LlavaOnevision config."""
+    if config.projector_hidden_act != "gelu":
+        raise ValueError(f"projector_hidden_act {config.projector_hidden_act!r} has no llavakit connector (mlp2x_gelu is GELU)")
+    if not config.multimodal_projector_bias:
+        raise ValueError("multimodal_projector_bias=False has no llavakit connector: mlp2x_gelu linears have biases")
+    text_config = copy.deepcopy(config.text_config)
+    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
+    fields = dict(
+        vision_config=copy.deepcopy(config.vision_config),
+        text_config=text_config,
+        connector=_EXPORTABLE_CONNECTOR,
+        vision_feature_layer=copy.copy(config.vision_feature_layer),
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token_id=config.image_token_id,
+        tie_word_embeddings=bool(config.tie_word_embeddings),
+        image_grid_pinpoints=_pinpoints(config),
+        use_image_newline=True,
+        image_base_first=True,
+    )
+    if config.model_type == "llava_onevision":
+        anyres.parse_anyres_max(config.vision_aspect_ratio)  # transformers reads N from this string
+        fields.update(
+            image_mode=config.vision_aspect_ratio,
+            multi_image_base_only=True,
+            video_token_id=config.video_token_id,
+            **_ONEVISION_VIDEO,
+        )
+    elif config.model_type == "llava_next":
+        fields.update(image_mode="anyres", multi_image_base_only=False)
+    else:
+        raise ValueError(f"model_type {config.model_type!r} is neither llava_next nor llava_onevision")
+    return LlavaKitConfig(**fields)
+
+
+def transformers_next_model_type(config: LlavaKitConfig) -> str:
+    """`llava_next` or `llava_onevision`: the transformers class that represents `config`, or a ValueError why none does."""
+    problems = []
+    if config.connector != _EXPORTABLE_CONNECTOR:
+        problems.append(f"connector {config.connector!r} (transformers' projector is linear_1 -> gelu -> linear_2)")
+    if not config.newline_in_images:
+        problems.append("images without newline vectors (transformers always appends image_newline)")
+    if not config.base_first:
+        problems.append("base image features after the crops (transformers puts them first)")
+    if config.image_mode == "anyres":
+        model_type = "llava_next"
+        if config.base_only_for_multi_image:
+            problems.append("multi_image_base_only=True (LlavaNext patches every image; OneVision uses anyres_max_N)")
+        if config.video_token_id is not None:
+            problems.append("video input (LlavaNext has none; use image_mode='anyres_max_N' for OneVision)")
+    elif config.max_crops is not None:
+        model_type = "llava_onevision"
+        if not config.base_only_for_multi_image:
+            problems.append("multi_image_base_only=False (OneVision encodes multi-image samples at base resolution)")
+        if config.video_token_id is None:
+            problems.append("no video_token_id (LlavaOnevision needs one; add a <video> token)")
+        for field, value in _ONEVISION_VIDEO.items():
+            if getattr(config, field) != value:
+                problems.append(f"{field}={getattr(config, field)!r} (OneVision in transformers uses {value!r})")
+    elif config.image_mode == "hd":
+        model_type = "llava_next"  # LLaVA-1.5-HD is LLaVA-NeXT over the HD canvases when the base image comes first
+        if config.base_only_for_multi_image or config.video_token_id is not None:
+            problems.append("multi-image base-only or video input (LlavaNext has neither)")
+    else:
+        raise ValueError(
+            f"image_mode {config.image_mode!r} has no LlavaNext/LlavaOnevision form; fixed-resolution models export "
+            "to transformers' Llava (llavakit.model.convert.export_to_transformers)"
+        )
+    if problems:
+        raise ValueError(f"cannot export to transformers' {model_type}: " + "; ".join(problems))
+    return model_type
+
+
+def transformers_config_from_llavakit_next(config: LlavaKitConfig) -> NextConfig:
+    """The transformers LlavaNextConfig / LlavaOnevisionConfig of a high-resolution LlavaKitConfig."""
+    model_type = transformers_next_model_type(config)
+    text_config = copy.deepcopy(config.text_config)
+    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
+    common = dict(
+        vision_config=copy.deepcopy(config.vision_config),
+        text_config=text_config,
+        image_token_index=config.image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_feature_layer=copy.copy(config.vision_feature_layer),
+        multimodal_projector_bias=True,
+        tie_word_embeddings=bool(config.tie_word_embeddings),
+        image_grid_pinpoints=[[h, w] for h, w in config.grid_pinpoints],
+    )
+    if model_type == "llava_next":
+        return LlavaNextConfig(image_seq_length=config.num_image_tokens, **common)
+    return LlavaOnevisionConfig(
+        video_token_index=config.video_token_id, vision_aspect_ratio=config.image_mode, **common
+    )
+
+
+# ---------------------------------------------------------------- state dicts
+
+
+def llavakit_state_dict_from_transformers_next(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a LlavaNext / LlavaOnevision state dict to llavakit keys (tensors shared; unknown keys raise)."""
+    rest = dict(state_dict)
+    newline = rest.pop(_NEWLINE_TRANSFORMERS, None)
+    if newline is None:
+        raise ValueError(f"the state dict has no {_NEWLINE_TRANSFORMERS}: not a LlavaNext / LlavaOnevision checkpoint")
+    renamed = llavakit_state_dict_from_transformers(rest)
+    renamed[_NEWLINE_LLAVAKIT] = newline
+    return renamed
+
+
+def transformers_next_state_dict_from_llavakit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a high-resolution llavakit state dict (mlp2x_gelu, image_newline) to LlavaNext / LlavaOnevision keys."""
+    rest = dict(state_dict)
+    newline = rest.pop(_NEWLINE_LLAVAKIT, None)
+    if newline is None:
+        raise ValueError("the llavakit state dict has no image_newline (a model whose images carry newline vectors has one)")
+    renamed = transformers_state_dict_from_llavakit(rest)
+    renamed[_NEWLINE_TRANSFORMERS] = newline
+    return renamed
+
+
+# ---------------------------------------------------------------- models
+
+
+def _transformers_class(model_type: str) -> type[PreTrainedModel]:
+    return {"llava_next": LlavaNextForConditionalGeneration, "llava_onevision": LlavaOnevisionForConditionalGeneration}[
+        model_type
+    ]
+
+
+def import_transformers_llava_next(
+    source: str | Path | NextModel, dtype: torch.dtype | None = None
+) -> LlavaKitForCausalLM:
+    """A `LlavaKitForCausalLM` from a transformers LlavaNext / LlavaOnevision model or a folder holding one.
+
+    A model passed in shares its weight tensors with the result (no copy) unless `dtype` differs.
+    """
+    if isinstance(source, (str, Path)):
+        model_type = AutoConfig.from_pretrained(source).model_type
+        if model_type not in NEXT_MODEL_TYPES:
+            raise ValueError(f"{source}: model_type {model_type!r} is neither llava_next nor llava_onevision")
+        source = _transformers_class(model_type).from_pretrained(source, dtype=dtype)
+    config = llavakit_config_from_transformers_next(source.config)
+    state_dict = llavakit_state_dict_from_transformers_next(source.state_dict())
+    return _load_strict(LlavaKitForCausalLM, config, state_dict, dtype or source.dtype)
+
+
+def export_to_transformers_llava_next(model: LlavaKitForCausalLM) -> NextModel:
+    """The same model as transformers' LlavaNext (`anyres`, or `hd` with the base image first) or
+    LlavaOnevision (`anyres_max_N`), in eval mode, same dtype, tensors shared.
+
+    Raises a ValueError naming every setting transformers cannot represent.
+    """
+    _check_text_layout(model.language_model)
+    config = transformers_config_from_llavakit_next(model.config)
+    state_dict = transformers_next_state_dict_from_llavakit(model.state_dict())
+    return _load_strict(_transformers_class(config.model_type), config, state_dict, model.dtype)
