@@ -10,7 +10,8 @@ that speaks `/v1/chat/completions`, and makes the run safe to repeat:
   (bounded by `max_attempts`; the SDK's own retries are switched off so each attempt is
   counted); 401/403/404 stop the run at once, since every other request would fail too;
 - an on-disk cache keyed by the SHA-256 of the request body (model, messages, sampling
-  settings), so a rerun of the same requests sends nothing;
+  settings), so a rerun of the same requests sends nothing (`refresh=True` asks again and
+  overwrites the entries: with resume, that retries only the samples not yet written);
 - resumable output: one JSONL line per finished sample, appended and flushed at once, in
   the planned order; a rerun skips the ids already there;
 - a reply that does not parse is retried once (with the reason sent back to the model);
@@ -184,9 +185,12 @@ class ResponseCache:
 
 
 class ChatClient:
-    """Chat completions with caching and bounded exponential backoff; safe to share across threads."""
+    """Chat completions with caching and bounded exponential backoff; safe to share across threads.
 
-    def __init__(self, config: LLMConfig, cache: ResponseCache | None = None):
+    `refresh` skips cache reads (replies are still written), to ask again for what was cached.
+    """
+
+    def __init__(self, config: LLMConfig, cache: ResponseCache | None = None, refresh: bool = False):
         openai = import_openai()
         base_url = config.resolved_base_url()
         api_key = os.environ.get(config.api_key_env)
@@ -196,6 +200,7 @@ class ChatClient:
                                  "that needs none")
             api_key = "EMPTY"
         self.config, self.cache, self.base_url, self._openai = config, cache, base_url, openai
+        self.refresh = refresh
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout)
 
     def close(self) -> None:
@@ -206,7 +211,7 @@ class ChatClient:
         body = self.config.request_body(messages)
         key = request_key(body)
         usage = Usage()
-        cached = self.cache.get(key) if self.cache else None
+        cached = self.cache.get(key) if self.cache and not self.refresh else None
         if cached is not None:
             usage.cache_hits = 1
             usage.cached_tokens = (cached.prompt_tokens or 0) + (cached.completion_tokens or 0)
@@ -343,6 +348,9 @@ class GenerationReport:
             + (f" ({u.responses_without_usage} responses had no usage field)" if u.responses_without_usage else ""),
         ]
         lines += [f"failed {sample_id}: {reason}" for sample_id, reason in self.failed]
+        if self.failed:
+            lines.append("failed samples are not written: a rerun asks again for those that failed on HTTP "
+                         "errors; unusable replies come back from the cache unless refresh is asked for (--refresh)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -374,11 +382,12 @@ def done_ids(path: Path) -> set[str]:
 
 def generate(scenes: Sequence[Scene], output: str | Path, config: LLMConfig,
              kinds: Sequence[str] = LLM_KINDS, seed: int = 0, cache_dir: str | Path | None = None,
-             use_cache: bool = True, progress: bool | None = None) -> GenerationReport:
+             use_cache: bool = True, refresh: bool = False, progress: bool | None = None) -> GenerationReport:
     """Write one sample per (scene, kind) not yet in `output` (JSONL); see the module docstring.
 
-    `cache_dir` defaults to `llm_cache/` next to the output. `progress` None shows the bar
-    only on a terminal. Also writes `<stem>_failed.jsonl` and `<stem>_report.json`.
+    `cache_dir` defaults to `llm_cache/` next to the output; `use_cache` False neither reads
+    nor writes it, `refresh` True only skips reading it. `progress` None shows the bar only
+    on a terminal. Also writes `<stem>_failed.jsonl` and `<stem>_report.json`.
     """
     kinds = list(kinds) or list(LLM_KINDS)
     unknown = [k for k in kinds if k not in LLM_KINDS]
@@ -394,7 +403,7 @@ def generate(scenes: Sequence[Scene], output: str | Path, config: LLMConfig,
     todo = [(scene, kind) for scene, kind in plan if f"{scene.id}-{kind}" not in done]
     report = GenerationReport(output, len(plan), skipped=len(plan) - len(todo))
     cache = ResponseCache(cache_dir if cache_dir is not None else output.parent / CACHE_NAME) if use_cache else None
-    chat = ChatClient(config, cache) if todo else None
+    chat = ChatClient(config, cache, refresh) if todo else None
     try:
         if chat is not None:
             _run(chat, todo, output, seed, report, progress)
@@ -446,12 +455,14 @@ def generate_main(world_dir: str, out_dir: str | None, kinds: list[str], limit: 
                   max_concurrency: int = 4, *, temperature: float | None = None, max_tokens: int | None = 1024,
                   prompt_price: float | None = None, completion_price: float | None = None,
                   max_attempts: int = 5, base_delay: float = 1.0, timeout: float = 120.0,
-                  cache_dir: str | None = None) -> int:
+                  cache_dir: str | None = None, refresh: bool = False) -> int:
     """`llavakit data instruct WORLD --backend openai`: samples for the first `limit` training
     scenes into `<out_dir or WORLD>/instruct_llm.jsonl`; prints the summary.
 
     `model` None means `$OPENAI_MODEL`. Returns 0 when every planned sample is in the
-    output, 1 when some failed (they are listed; rerun to try them again).
+    output, 1 when some failed (they are listed; rerun, with `refresh` for unusable
+    replies, to try them again). The keyword-only options are `LLMConfig` fields, plus
+    `cache_dir` and `refresh` (see `generate`).
     """
     model = model or os.environ.get("OPENAI_MODEL")
     if not model:
@@ -467,7 +478,7 @@ def generate_main(world_dir: str, out_dir: str | None, kinds: list[str], limit: 
                        max_tokens=max_tokens, timeout=timeout, max_attempts=max_attempts, base_delay=base_delay,
                        max_concurrency=max_concurrency, prompt_price=prompt_price, completion_price=completion_price)
     output = Path(out_dir if out_dir is not None else world) / OUTPUT_NAME
-    report = generate(scenes, output, config, kinds or LLM_KINDS, seed, cache_dir)
+    report = generate(scenes, output, config, kinds or LLM_KINDS, seed, cache_dir, refresh=refresh)
     print(report.summary())
     if Path(out_dir or world).resolve() != world.resolve():
         print(f"image paths are relative to {world}: use it as the image folder")
@@ -480,6 +491,7 @@ __all__ = [
     "GenerationReport",
     "ResponseCache",
     "Usage",
+    "done_ids",
     "generate",
     "generate_main",
     "import_openai",

@@ -80,7 +80,8 @@ MAX_TURNS: dict[str, int] = {"conversation": 8, "detail": 1, "reasoning": 1}
 def build_context(scene: Scene) -> str:
     """The text a teacher gets instead of the image: two captions, then every object and word
     with its box normalized to [0, 1] (LLaVA's representation, in llavakit's world)."""
-    lines = ["Captions:", f"{caption(scene)} on a {scene.background} background.", describe(scene), "",
+    first = f"{caption(scene)} on a {scene.background} background."
+    lines = ["Captions:", first[:1].upper() + first[1:], describe(scene), "",
              "Objects (drawing order, later ones in front):"]
     for i, obj in enumerate(scene.objects):
         lines.append(f"{obj.size} {obj.category}: {normalized_box(scene, i)}")
