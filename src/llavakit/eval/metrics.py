@@ -8,7 +8,9 @@
 | `pope` | "yes" / "no" | parsed yes/no equals it (`pope`) | accuracy, precision, recall, f1, yes_ratio |
 
 Every metrics dict also holds `n`, the number of questions it covers. Values are
-fractions in [0, 1]; tables show them as percentages.
+fractions in [0, 1]; tables show them as percentages. Each task's `parse` says what its
+score compared (normalised text, count, yes / no); the runner writes it beside each
+prediction and adds the `chance` / `majority` baselines (`questions.baselines`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from llavakit.eval.counting import count_label, counting_correct, parse_count
 from llavakit.eval.pope import pope_answer, pope_label, pope_metrics
-from llavakit.eval.vqa import exact_match, vqa_accuracy
+from llavakit.eval.vqa import exact_match, normalize_answer, vqa_accuracy
 
 Metrics = dict[str, float]
 # Metrics that are counts, not fractions (tables print them as whole numbers).
@@ -28,7 +30,13 @@ COUNT_METRICS = frozenset({"n", "tp", "fp", "tn", "fn"})
 
 @dataclass(frozen=True)
 class Task:
-    """One way of scoring: `check_answer(answer, question_id)` raises ValueError on a bad reference."""
+    """One way of scoring.
+
+    `check_answer(answer, question_id)` raises ValueError on a bad reference; `score` gives
+    one prediction's credit in [0, 1]; `aggregate` turns predictions, answers and scores
+    into the task's metrics; `parse` is what the score compares (the normalised text, the
+    count, yes / no), written beside each prediction so a reader can see why it scored.
+    """
 
     name: str
     description: str
@@ -36,6 +44,7 @@ class Task:
     score: Callable[[str, Any], float]
     aggregate: Callable[[Sequence[str], Sequence[Any], Sequence[float]], Metrics]
     headline: str
+    parse: Callable[[str], Any]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -82,7 +91,15 @@ def _pope_metrics(predictions: Sequence[str], answers: Sequence[Any], scores: Se
 TASKS: Mapping[str, Task] = {
     task.name: task
     for task in (
-        Task("vqa", "VQA accuracy against the human answers", _check_vqa, vqa_accuracy, _accuracy, "accuracy"),
+        Task(
+            "vqa",
+            "VQA accuracy against the human answers",
+            _check_vqa,
+            vqa_accuracy,
+            _accuracy,
+            "accuracy",
+            normalize_answer,
+        ),
         Task(
             "exact",
             "short-answer exact match after VQA normalisation",
@@ -90,6 +107,7 @@ TASKS: Mapping[str, Task] = {
             lambda prediction, answer: float(exact_match(prediction, answer)),
             _accuracy,
             "accuracy",
+            normalize_answer,
         ),
         Task(
             "counting",
@@ -98,6 +116,7 @@ TASKS: Mapping[str, Task] = {
             lambda prediction, answer: float(counting_correct(prediction, answer)),
             _counting_metrics,
             "accuracy",
+            parse_count,
         ),
         Task(
             "pope",
@@ -106,6 +125,7 @@ TASKS: Mapping[str, Task] = {
             lambda prediction, answer: float(pope_answer(prediction) == pope_label(answer)),
             _pope_metrics,
             "f1",
+            pope_answer,
         ),
     )
 }

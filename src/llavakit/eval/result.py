@@ -1,4 +1,4 @@
-"""What an evaluation run returns: metrics overall and per group, the records, the skips, a table."""
+"""What an evaluation run returns: metrics overall and per group, the scored records, the skips."""
 
 from __future__ import annotations
 
@@ -6,21 +6,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
-from llavakit.eval.metrics import COUNT_METRICS, Metrics
+from llavakit.eval.metrics import Metrics
 
 
 @dataclass
 class EvalResult:
     """Metrics of one task over one question set.
 
-    `groups[field][value]` holds the metrics of the questions whose `field` (category, POPE
-    strategy, ...) has that value. `records` are the rows of the predictions file; `skipped`
-    lists `{"id", "reason"}` of questions left out (a bad image under `on_bad_image="skip"`),
-    which no metric counts.
+    `metrics` holds the task's metrics (see `llavakit.eval.metrics`), `n`, and the
+    baselines `chance` and `majority` (accuracies; see `questions.baselines`) where the
+    questions allow them. `groups[field][value]` holds the same for the questions whose
+    `field` (category, POPE strategy) has that value. `records` are the rows of the
+    predictions file; `skipped` lists `{"id", "reason"}` of the questions left out (a bad
+    image under `on_bad_image="skip"`), which no metric counts.
     """
 
+    name: str
     task: str
     metrics: Metrics
     groups: dict[str, dict[str, Metrics]] = field(default_factory=dict)
@@ -31,6 +32,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """Everything but the records, JSON-ready (the records are in the predictions file)."""
         return {
+            "name": self.name,
             "task": self.task,
             "metrics": self.metrics,
             "groups": self.groups,
@@ -38,35 +40,3 @@ class EvalResult:
             "skipped": self.skipped,
             "predictions": str(self.predictions_path) if self.predictions_path else None,
         }
-
-    def table(self, title: str | None = None) -> Table:
-        """A rich table: one row overall, then one per group value; fractions shown as percentages."""
-        names = [name for name in self.metrics if name != "n"]
-        table = Table(title=title or f"{self.task} evaluation")
-        table.add_column("questions")
-        table.add_column("n", justify="right")
-        for name in names:
-            table.add_column(name, justify="right")
-        table.add_row("all", *_cells(self.metrics, names))
-        for field_name, values in self.groups.items():
-            table.add_section()
-            for value, metrics in values.items():
-                table.add_row(f"{field_name}: {value}", *_cells(metrics, names))
-        if self.skipped:
-            table.caption = f"{len(self.skipped)} question(s) skipped: " + "; ".join(
-                f"{item['id']} ({item['reason']})" for item in self.skipped[:3]
-            ) + (" ..." if len(self.skipped) > 3 else "")
-        return table
-
-
-def _cells(metrics: Metrics, names: list[str]) -> list[str]:
-    cells = [str(int(metrics.get("n", 0)))]
-    for name in names:
-        value = metrics.get(name)
-        if value is None:
-            cells.append("-")
-        elif name in COUNT_METRICS:
-            cells.append(str(int(value)))
-        else:
-            cells.append(f"{100 * value:.2f}")
-    return cells

@@ -1,0 +1,147 @@
+"""Question files: reading, checking, choosing the task, and the baselines a set implies.
+
+A question file is JSONL (one object a line) or a JSON list, as `llavakit data synth`
+writes `eval_vqa.jsonl`, `eval_counting.jsonl`, `eval_ocr.jsonl`, `eval_region.jsonl` and
+`eval_pope.jsonl`. Each record holds
+
+- `id` (unique), `answer` (see `metrics` for what each task expects),
+- `question` and / or `prompt` (the question plus the response-format line; the model is
+  asked the prompt when there is one, as LLaVA-1.5 evaluates),
+- `image`: a path relative to the image folder (leave it out for a text-only question),
+- optional `category`, `strategy` (POPE), `num_choices` (answers a uniform guesser picks from).
+
+The task comes from the file name when not given (`infer_task`), and the two baselines
+beside every metric come from `llavakit.data.instruct`: `chance` (uniform guessing among
+`num_choices`) and `majority` (always the most common answer of the question's category).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llavakit.data.instruct import chance_accuracy, majority_accuracy
+from llavakit.eval.metrics import get_task
+
+Question = dict[str, Any]
+
+# File-name words -> task; checked in this order, the first found wins.
+_TASKS_BY_NAME = (("pope", "pope"), ("count", "counting"), ("vqa", "vqa"), ("ocr", "exact"), ("region", "exact"))
+
+
+def set_name(path: str | Path) -> str:
+    """What tables call a file's questions: `eval_vqa.jsonl` -> `vqa`."""
+    stem = Path(path).name.split(".")[0]
+    return stem.removeprefix("eval_") or stem
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """The records of a `.jsonl` or `.json` question file; a bad line raises naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"question file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        if not isinstance(records, list):
+            raise ValueError(f"{path}: a .json question file must hold a list of records")
+        where = [f"{path} record {index}" for index in range(len(records))]
+    else:
+        records, where = [], []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number}: not valid JSON: {error}") from error
+            where.append(f"{path} line {number}")
+    for record, place in zip(records, where):
+        if not isinstance(record, dict):
+            raise ValueError(f"{place}: a question must be a JSON object, got {type(record).__name__}")
+    if not records:
+        raise ValueError(f"question file {path} holds no questions")
+    return records
+
+
+def infer_task(path: str | Path, questions: Sequence[Mapping[str, Any]]) -> str:
+    """The task for a question file: by the first of pope / count / vqa / ocr / region in its name.
+
+    A `vqa` file whose answers are single strings (the synthetic world's) is scored by
+    normalised exact match (`exact`), since VQA accuracy needs the human answers; a name
+    with none of the words gets `vqa` when every answer is a list of them, else `exact`.
+    """
+    name = Path(path).name.lower()
+    task = next((task for word, task in _TASKS_BY_NAME if word in name), None)
+    if task in (None, "vqa"):
+        human_lists = all(
+            isinstance(q.get("answer"), (list, tuple)) and len(q["answer"]) > 1 for q in questions
+        )
+        task = "vqa" if human_lists else "exact"
+    return task
+
+
+def check_questions(questions: Sequence[Mapping[str, Any]], task: str) -> None:
+    """Raise a ValueError naming the first bad question: missing fields, a repeated id, a bad answer."""
+    scoring = get_task(task)
+    seen: set[Any] = set()
+    for index, question in enumerate(questions):
+        qid = question.get("id")
+        if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+            raise ValueError(f"question {index} needs an 'id' (a string or integer), got {qid!r}")
+        if qid in seen:
+            raise ValueError(f"question id {qid!r} appears twice")
+        seen.add(qid)
+        text = question.get("prompt") or question.get("question")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"question {qid!r} has no 'prompt' or 'question' text")
+        image = question.get("image")
+        if image is not None and not isinstance(image, str):
+            raise ValueError(f"question {qid!r}: 'image' must be a relative path string, got {image!r}")
+        if "answer" not in question:
+            raise ValueError(f"question {qid!r} has no 'answer'")
+        scoring.check_answer(question["answer"], qid)
+
+
+def baselines(questions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """`chance` and `majority` accuracy of `questions`, each where their fields allow it.
+
+    Chance needs a positive `num_choices` on every question; majority needs hashable
+    answers (single strings), grouped by `category` (one group when there is none).
+    """
+    if not questions:
+        return {}
+    out: dict[str, float] = {}
+    if all(isinstance(q.get("num_choices"), int) and q["num_choices"] > 0 for q in questions):
+        out["chance"] = chance_accuracy(questions)
+    if all(isinstance(q.get("answer"), (str, int)) for q in questions):
+        out["majority"] = majority_accuracy([{**q, "category": q.get("category", "")} for q in questions])
+    return out
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    """One question file, read and checked: its table name, task and records."""
+
+    name: str
+    path: Path
+    task: str
+    questions: list[Question]
+
+
+def load_question_set(path: str | Path, task: str | None = None) -> QuestionSet:
+    """Read and check a question file; `task` None: from the file name (`infer_task`)."""
+    path = Path(path)
+    questions = read_questions(path)
+    task = task or infer_task(path, questions)
+    try:
+        check_questions(questions, task)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return QuestionSet(set_name(path), path, task, questions)
