@@ -6,13 +6,16 @@ Why: every training step and every served request of a LLaVA-NeXT / OneVision mo
 each image into crops; a slow processor starves the GPU. This script preprocesses
 scikit-image's bundled photos (converted to RGB once, outside the timing) with the same
 settings in both libraries and prints, per setting, images per second of llavakit's
-`anyres_crops`, of transformers' slow (PIL) processor and, when torchvision is installed,
-its fast processor, the speed ratios and the largest absolute difference of the pixel
-tensors (0 means bit-identical). Timings are the best of `--repeats` passes over all
-photos; llavakit is timed on one thread and, with `--threads N` (default 2), spreading the
-photos over a pool of N threads (PIL's resize releases the GIL). The slow processor's speed
-is bounded by PIL's bicubic resizes, which both libraries must do to give identical pixels:
-one thread cannot beat it by more than (its time) / (the resizes' time), printed as well.
+`anyres_crops` with each resize backend (`pil`: bit-identical to transformers' PIL
+processors; `torch`: torch's antialiased uint8 kernel, the one torchvision's resize and so
+transformers' fast processors use), of transformers' slow (PIL) processor and, when
+torchvision is installed, its fast processor; the speed ratios and the largest absolute
+difference of the pixel tensors (0 means bit-identical). Timings are the best of
+`--repeats` passes over all photos, everything on one thread (torch too), and with
+`--threads N` (default 2) llavakit also spreads the photos over a pool of N threads. With
+the `pil` backend the speed is bounded by PIL's bicubic resizes, which identical pixels
+need: one thread cannot beat the slow processor by more than (its time) / (the resizes'
+time), printed as well; the `torch` backend is not bound by them.
 
 It then prints the table of visual tokens per image for common sizes in every mode
 (fixed, LLaVA-1.5-HD, LLaVA-NeXT, OneVision single / multi-image, video).
@@ -21,16 +24,19 @@ It then prints the table of visual tokens per image for common sizes in every mo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from transformers import CLIPVisionConfig, LlamaConfig, SiglipVisionConfig
+import torch
+from transformers import CLIPVisionConfig, LlamaConfig
 
 from llavakit.data.highres import HighResConfig, anyres_crops, preprocess_highres_batch, transformers_image_processor
 from llavakit.data.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig
 from llavakit.model import anyres
-from llavakit.model.configuration import LlavaKitConfig
+from llavakit.model.configuration import LlavaKitConfig, load_model_config
 
 PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
@@ -79,13 +85,17 @@ def _build_fast(slow):
     return cls(**kwargs)
 
 
-def best_time(run, repeats: int) -> float:
-    run()  # warm-up (imports, allocator)
-    best = float("inf")
+def best_times(runs: dict, repeats: int) -> dict[str, float]:
+    """Best wall time of each run over `repeats` rounds; the runs take turns within a round, so a
+    load change on a shared machine hits them all alike instead of whichever ran at that moment."""
+    for run in runs.values():
+        run()  # warm-up (imports, allocator)
+    best = {name: float("inf") for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -97,14 +107,24 @@ def compare(name: str, highres: HighResConfig, config: ImageProcessingConfig, ph
     except Exception as error:  # a fast class that cannot take these settings is reported, not fatal
         print(f"  fast processor unavailable: {error}")
 
+    fast_highres = dataclasses.replace(highres, resize_backend="torch")
     ours = [anyres_crops(photo, highres, config) for photo in photos]
+    ours_torch = [anyres_crops(photo, fast_highres, config) for photo in photos]
     theirs = [slow(photo, return_tensors="np") for photo in photos]
     max_diff = max(float(np.abs(o.pixel_values - t["pixel_values"][0]).max()) for o, t in zip(ours, theirs))
+    torch_diffs = [np.abs(o.pixel_values - t["pixel_values"][0]) for o, t in zip(ours_torch, theirs)]
+    torch_max_diff = max(float(d.max()) for d in torch_diffs)
+    torch_share = float(np.mean(np.concatenate([(d > 1e-6).ravel() for d in torch_diffs])))
+    levels = torch_max_diff * min(config.std) * 255  # the largest difference in 8-bit levels
     sizes_equal = all(tuple(o.image_size) == tuple(t["image_sizes"][0]) for o, t in zip(ours, theirs))
 
     def run_ours():
         for photo in photos:
             anyres_crops(photo, highres, config)
+
+    def run_ours_torch():
+        for photo in photos:
+            anyres_crops(photo, fast_highres, config)
 
     def run_slow():
         for photo in photos:
@@ -119,27 +139,37 @@ def compare(name: str, highres: HighResConfig, config: ImageProcessingConfig, ph
             photo.resize((place.width, place.height), resample)
             photo.resize((config.size, config.size), resample)
 
-    t_slow = best_time(run_slow, repeats)
-    t_ours = best_time(run_ours, repeats)
-    t_resize = best_time(run_resizes, repeats)
-    n = len(photos)
-    print(f"\n{name}: {n} photos, {sum(o.pixel_values.shape[0] for o in ours)} crops in all")
-    print(f"  {'processor':<44} {'images/s':>9} {'slow / this':>12}")
-    print(f"  {type(slow).__name__ + ' (slow, PIL)':<44} {n / t_slow:>9.1f} {1.0:>11.2f}x")
-    print(f"  {'llavakit anyres_crops, 1 thread':<44} {n / t_ours:>9.1f} {t_slow / t_ours:>11.2f}x")
-    print(f"  {'(bound on 1 thread: the PIL resizes alone)':<44} {n / t_resize:>9.1f} {t_slow / t_resize:>11.2f}x")
+    runs = {"slow": run_slow, "ours": run_ours, "ours_torch": run_ours_torch, "resizes": run_resizes}
     if threads > 1:
-        t_pool = best_time(lambda: preprocess_highres_batch(photos, highres, config, workers=threads), repeats)
-        print(f"  {'llavakit preprocess_highres_batch, %d threads' % threads:<44} {n / t_pool:>9.1f} {t_slow / t_pool:>11.2f}x")
+        runs["pool"] = lambda: preprocess_highres_batch(photos, highres, config, workers=threads)
+    if fast is not None:
+        runs["fast"] = lambda: [fast(photo, return_tensors="pt") for photo in photos]
+    t = best_times(runs, repeats)
+    n, t_slow = len(photos), t["slow"]
+
+    def row(label: str, seconds: float) -> None:
+        print(f"  {label:<48} {n / seconds:>9.1f} {t_slow / seconds:>11.2f}x")
+
+    print(f"\n{name}: {n} photos, {sum(o.pixel_values.shape[0] for o in ours)} crops in all")
+    print(f"  {'processor':<48} {'images/s':>9} {'slow / this':>12}")
+    row(type(slow).__name__ + " (slow, PIL)", t_slow)
+    row("llavakit anyres_crops, pil resize, 1 thread", t["ours"])
+    row("(bound for pil: the PIL resizes alone)", t["resizes"])
+    row("llavakit anyres_crops, torch resize, 1 thread", t["ours_torch"])
+    if threads > 1:
+        row(f"llavakit pil resize, {threads} threads", t["pool"])
     if fast is not None:
         fast_out = [fast(photo, return_tensors="pt") for photo in photos]
         fast_diff = max(float(np.abs(o.pixel_values - f["pixel_values"][0].numpy()).max()) for o, f in zip(ours, fast_out))
-        t_fast = best_time(lambda: [fast(photo, return_tensors="pt") for photo in photos], repeats)
-        print(f"  {type(fast).__name__ + ' (fast, torchvision)':<44} {n / t_fast:>9.1f} {t_slow / t_fast:>11.2f}x")
-        print(f"  max |llavakit - fast| = {fast_diff:.3g}")
+        row(type(fast).__name__ + " (fast, torchvision)", t["fast"])
+        print(f"  max |llavakit pil - fast| = {fast_diff:.3g}")
     else:
         print("  fast (torchvision) processor: not installed, skipped")
-    print(f"  max |llavakit - slow| = {max_diff:.3g}; image_sizes equal: {sizes_equal}")
+    print(f"  max |llavakit pil - slow| = {max_diff:.3g} (0: bit-identical); image_sizes equal: {sizes_equal}")
+    print(
+        f"  max |llavakit torch - slow| = {torch_max_diff:.3g} (= {levels:.1f} 8-bit levels), "
+        f"on {100 * torch_share:.2f}% of the values"
+    )
 
 
 def _has_torchvision() -> bool:
@@ -150,34 +180,29 @@ def _has_torchvision() -> bool:
     return True
 
 
-def _config(vision, image_mode: str, strategy: str, **fields) -> LlavaKitConfig:
-    text = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    return LlavaKitConfig(
-        vision_config=vision, text_config=text, image_mode=image_mode, vision_feature_select_strategy=strategy, **fields
-    )
+MODEL_SPECS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 
 def token_table() -> None:
-    """Visual tokens per image for the published geometries (patch features; newlines included)."""
+    """Visual tokens per image for the published geometries (patch features; newlines included), as Markdown."""
     clip336 = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    clip224 = CLIPVisionConfig(image_size=224, patch_size=14, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
-    siglip = SiglipVisionConfig(image_size=384, patch_size=14, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    text = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    fixed = LlavaKitConfig(vision_config=clip336, text_config=text)
+    onevision = load_model_config(MODEL_SPECS / "llava-onevision-qwen2-7b.yaml")
     modes = {
-        "LLaVA-1.5 fixed (CLIP-336)": (_config(clip336, "fixed", "default"), False),
-        "LLaVA-1.5-HD (CLIP-224, <=6 cells)": (_config(clip224, "hd", "default"), False),
-        "LLaVA-NeXT anyres (CLIP-336)": (_config(clip336, "anyres", "default"), False),
-        "OneVision anyres_max_9 (SigLIP-384)": (_config(siglip, "anyres_max_9", "full", video_token_id=31), False),
-        "OneVision multi-image (each image)": (_config(siglip, "anyres_max_9", "full", video_token_id=31), True),
+        "LLaVA-1.5 `fixed` (CLIP-336)": (fixed, False),
+        "LLaVA-1.5-HD `hd` (CLIP-224, <= 6 cells)": (load_model_config(MODEL_SPECS / "llava-1.5-hd-13b.yaml"), False),
+        "LLaVA-NeXT `anyres` (CLIP-336)": (load_model_config(MODEL_SPECS / "llava-next-vicuna-7b.yaml"), False),
+        "OneVision `anyres_max_9` (SigLIP-384)": (onevision, False),
+        "OneVision, each image of a multi-image sample": (onevision, True),
     }
-    header = f"{'image (h x w)':<14}" + "".join(f"{name:>38}" for name in modes)
-    print("\nVisual tokens per image\n" + header)
+    print("\nVisual tokens per image (newline tokens included)\n")
+    print("| image (h x w) | " + " | ".join(modes) + " |")
+    print("|---" * (len(modes) + 1) + "|")
     for size in TOKEN_TABLE_SIZES:
-        row = f"{'%d x %d' % size:<14}"
-        for config, base_only in modes.values():
-            row += f"{config.image_token_count(size, base_only=base_only):>38}"
-        print(row)
-    video = modes["OneVision anyres_max_9 (SigLIP-384)"][0]
-    frames = ", ".join(f"{n} frames: {video.video_token_count(n)}" for n in (8, 16, 32))
+        counts = [config.image_token_count(size, base_only=base_only) for config, base_only in modes.values()]
+        print(f"| {size[0]} x {size[1]} | " + " | ".join(str(c) for c in counts) + " |")
+    frames = ", ".join(f"{n} frames: {onevision.video_token_count(n)}" for n in (8, 16, 32))
     print(f"\nOneVision video (27x27 per frame pooled 2x2 bilinear to 14x14, one newline): {frames}")
 
 
@@ -185,10 +210,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="also time a thread pool of this size (1: skip)")
+    parser.add_argument("--tokens-only", action="store_true", help="print the token table only (no timing)")
     args = parser.parse_args()
-    photos = load_photos()
-    for name, (highres, config) in settings().items():
-        compare(name, highres, config, photos, args.repeats, args.threads)
+    if not args.tokens_only:
+        torch.set_num_threads(1)  # the slow processor runs on one thread: compare like with like
+        photos = load_photos()
+        for name, (highres, config) in settings().items():
+            compare(name, highres, config, photos, args.repeats, args.threads)
     token_table()
 
 

@@ -35,6 +35,17 @@ def _chat(args: argparse.Namespace) -> int:
         session.ask(question, stream=True)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from llavakit.demo.pipeline import run_demo
+    from llavakit.demo.settings import preset
+
+    settings = preset(args.size)
+    if args.seed is not None:
+        settings = settings.replace(seed=args.seed)
+    run_demo(args.output, settings)
+    return 0
+
+
 def _import(args: argparse.Namespace) -> int:
     from llavakit.interop import import_checkpoint
 
@@ -47,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
     from llavakit.interop import export_checkpoint
 
     export_checkpoint(args.checkpoint, args.output)
-    print(f"wrote transformers LlavaForConditionalGeneration to {args.output}")
+    print(f"wrote transformers checkpoint (Llava, LlavaNext or LlavaOnevision, by the model's image mode) to {args.output}")
     return 0
 
 
@@ -114,6 +125,12 @@ def _data_check(args: argparse.Namespace) -> int:
     return 1 if report.num_bad else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from llavakit.train.run import train_main
+
+    return train_main(args.config, args.overrides)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,14 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--device", default="cpu")
     chat.set_defaults(run=_chat)
 
-    importer = commands.add_parser("import", help="transformers Llava or original LLaVA folder -> llavakit checkpoint")
+    demo = commands.add_parser(
+        "demo", help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
+        description="Generates a synthetic world of shapes, pretrains a tiny CLIP and language model on it, "
+        "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
+        "and answers a question. Offline; about 10 minutes on 2 CPU cores (--size quick: about 1).")
+    demo.add_argument("--size", choices=("full", "quick"), default="full")
+    demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")
+    demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")
+    demo.set_defaults(run=_demo)
+
+    importer = commands.add_parser("import", help="transformers Llava / LlavaNext / LlavaOnevision or original LLaVA folder -> llavakit checkpoint")
     importer.add_argument("source")
     importer.add_argument("output")
     importer.add_argument("--template", help="conversation template (default: chosen from the language model)")
     importer.add_argument("--vision-tower", help="original LLaVA: local folder of the vision tower named in mm_vision_tower")
     importer.set_defaults(run=_import)
 
-    exporter = commands.add_parser("export", help="llavakit checkpoint -> transformers LlavaForConditionalGeneration folder")
+    exporter = commands.add_parser("export", help="llavakit checkpoint -> transformers Llava (fixed), LlavaNext (anyres, hd) or LlavaOnevision (anyres_max_N) folder")
     exporter.add_argument("checkpoint")
     exporter.add_argument("output")
     exporter.set_defaults(run=_export)
@@ -153,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="leave out questions whose image is missing or broken (counted and reported) "
                             "instead of stopping")
     evaluation.set_defaults(run=_eval)
+    train = commands.add_parser(
+        "train", help="train one stage from a YAML recipe, e.g. configs/llava-1.5/pretrain-7b.yaml",
+        description="Runs transformers' Trainer (DDP, DeepSpeed or FSDP when launched with torchrun / deepspeed) "
+        "on a YAML recipe. Overrides are dotted key=value pairs whose values are read as YAML, e.g. "
+        "optimization.lr=2e-5 data.packing=true output.resume=true.")
+    train.add_argument("config", help="YAML recipe (see configs/)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.set_defaults(run=_train)
     data = commands.add_parser("data", help="make and check LLaVA-format data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     synth = data_commands.add_parser("synth", help="generate the synthetic shape world and its instruction data")

@@ -1,9 +1,13 @@
 """Checkpoint folders in and out: weights (model/convert.py) plus the tokenizer and processor files.
 
-`import_checkpoint` reads a transformers Llava folder or an original LLaVA folder and writes
-a llavakit checkpoint (model + `LlavaKitProcessor`). `export_checkpoint` writes a folder that
-transformers' `LlavaForConditionalGeneration` and `LlavaProcessor` load with no llavakit
-installed, which is what vLLM, SGLang and TGI serve.
+`import_checkpoint` reads a transformers Llava, LlavaNext or LlavaOnevision folder, or an
+original LLaVA folder, and writes a llavakit checkpoint (model + `LlavaKitProcessor`).
+`export_checkpoint` writes a folder that transformers loads with no llavakit installed, which
+is what vLLM, SGLang and TGI serve: `LlavaForConditionalGeneration` + `LlavaProcessor` for a
+fixed-resolution model, `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` for `anyres`
+(and `hd` with the base image first), `LlavaOnevisionForConditionalGeneration` for
+`anyres_max_N` with its image processor, tokenizer and a processor_config.json naming
+transformers' (torchvision) video processor.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import json
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.image_utils import PILImageResampling
 
-from llavakit.data.images import ImageProcessingConfig
+from llavakit.data.images import RESAMPLE_FILTERS, ImageProcessingConfig
 from llavakit.data.processor import LlavaKitProcessor
 from llavakit.model.configuration import VISION_TYPES_WITH_CLS
 from llavakit.model.convert import (
@@ -22,6 +27,11 @@ from llavakit.model.convert import (
     import_transformers_llava,
     is_original_llava_checkpoint,
     read_original_llava_config,
+)
+from llavakit.model.convert_next import (
+    NEXT_MODEL_TYPES,
+    export_to_transformers_llava_next,
+    import_transformers_llava_next,
 )
 from llavakit.model.llava import LlavaKitForCausalLM
 
@@ -44,8 +54,8 @@ def _read_config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _image_config_from_transformers(folder: Path) -> ImageProcessingConfig:
-    image_processor = AutoImageProcessor.from_pretrained(folder)
+def _image_config_from_transformers(folder: Path, image_processor=None) -> ImageProcessingConfig:
+    image_processor = image_processor or AutoImageProcessor.from_pretrained(folder)
     crop = getattr(image_processor, "crop_size", None) or image_processor.size
     size = crop.get("height") or crop.get("shortest_edge")
     return ImageProcessingConfig(
@@ -54,6 +64,33 @@ def _image_config_from_transformers(folder: Path) -> ImageProcessingConfig:
         mean=tuple(image_processor.image_mean),
         std=tuple(image_processor.image_std),
     )
+
+
+def _resample_name(image_processor) -> str:
+    resample = getattr(image_processor, "resample", None)
+    names = {int(value): name for name, value in RESAMPLE_FILTERS.items()}
+    if resample is None or int(resample) not in names:
+        raise ValueError(f"image processor resample {resample!r} has no llavakit filter ({sorted(RESAMPLE_FILTERS)})")
+    return names[int(resample)]
+
+
+def _import_next(source: Path, tokenizer: PreTrainedTokenizerBase, template: str | None):
+    """A LlavaNext / LlavaOnevision folder: the model, and a processor matching its image processor."""
+    model = import_transformers_llava_next(source)
+    image_processor = AutoImageProcessor.from_pretrained(source)
+    base = _image_config_from_transformers(source, image_processor)
+    image_config = ImageProcessingConfig(
+        mode=base.mode, size=base.size, mean=base.mean, std=base.std, resample=_resample_name(image_processor)
+    )
+    pinpoints = [tuple(int(v) for v in p) for p in getattr(image_processor, "image_grid_pinpoints", None) or ()]
+    if pinpoints and pinpoints != list(model.config.grid_pinpoints):
+        raise ValueError(
+            f"{source}: the image processor's image_grid_pinpoints {pinpoints} differ from the model config's "
+            f"{model.config.grid_pinpoints}; the crops would not match the model's merge"
+        )
+    template = template or default_template(model.config.text_config.model_type, tokenizer)
+    processor = LlavaKitProcessor.from_model_config(tokenizer, model.config, template, image_config=image_config)
+    return model, processor
 
 
 def import_checkpoint(
@@ -73,8 +110,16 @@ def import_checkpoint(
     elif model_type == "llava":
         model = import_transformers_llava(source)
         image_config = _image_config_from_transformers(source)
+    elif model_type in NEXT_MODEL_TYPES:
+        model, processor = _import_next(source, tokenizer, template)
+        model.save_pretrained(output)
+        processor.save_pretrained(output)
+        return model
     else:
-        raise ValueError(f"{source}: model_type {model_type!r} is neither transformers 'llava' nor an original LLaVA checkpoint")
+        raise ValueError(
+            f"{source}: model_type {model_type!r} is neither transformers 'llava', 'llava_next', 'llava_onevision' "
+            "nor an original LLaVA checkpoint"
+        )
     template = template or default_template(model.config.text_config.model_type, tokenizer)
     if image_config is None:
         processor = LlavaKitProcessor.from_model_config(tokenizer, model.config, template, image_mode=image_mode)
@@ -87,10 +132,71 @@ def import_checkpoint(
     return model
 
 
+def _onevision_processor_config(processor: LlavaKitProcessor, model: LlavaKitForCausalLM) -> dict:
+    """transformers' LlavaOnevisionProcessor config: built by hand, because the class cannot be
+    instantiated without torchvision (its video processor); a torchvision install loads it."""
+    image = processor.image_config
+    size = {"height": image.size, "width": image.size}
+    return {
+        "processor_class": "LlavaOnevisionProcessor",
+        "image_processor": processor.transformers_image_processor().to_dict(),
+        "video_processor": {
+            "video_processor_type": "LlavaOnevisionVideoProcessor",
+            "size": size,
+            "image_mean": list(image.mean),
+            "image_std": list(image.std),
+            "resample": int(PILImageResampling(int(RESAMPLE_FILTERS[image.resample]))),
+            "rescale_factor": 1 / 255,
+            "do_resize": True,
+            "do_rescale": True,
+            "do_normalize": True,
+            "do_convert_rgb": True,
+            "do_sample_frames": False,
+        },
+        "image_token": processor.image_token,
+        "video_token": processor.video_token,
+        # transformers counts tokens per crop with the CLS, then removes one under 'default'.
+        "num_image_tokens": model.config.feature_side**2
+        + int(model.config.vision_config.model_type in VISION_TYPES_WITH_CLS),
+        "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
+        "vision_aspect_ratio": model.config.image_mode,
+    }
+
+
+def _export_next(model: LlavaKitForCausalLM, processor: LlavaKitProcessor, output: Path) -> None:
+    exported = export_to_transformers_llava_next(model)  # raises for settings transformers cannot represent
+    vision = model.config.vision_config
+    if exported.config.model_type == "llava_next":
+        hf_processor = processor.to_transformers_next(
+            patch_size=vision.patch_size,
+            vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+            num_additional_image_tokens=int(vision.model_type in VISION_TYPES_WITH_CLS),
+        )
+        exported.save_pretrained(output)
+        hf_processor.save_pretrained(output)
+        return
+    exported.save_pretrained(output)
+    tokenizer = processor.tokenizer
+    previous = tokenizer.chat_template
+    tokenizer.chat_template = processor.template.chat_template
+    try:
+        tokenizer.save_pretrained(output)
+    finally:
+        tokenizer.chat_template = previous
+    config = _onevision_processor_config(processor, model)
+    (output / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (output / "chat_template.jinja").write_text(processor.template.chat_template)
+
+
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
-    """Write a transformers-native Llava folder (model, tokenizer, processor, chat template)."""
+    """Write a transformers-native Llava / LlavaNext / LlavaOnevision folder (model, tokenizer, processor, chat template)."""
     model = LlavaKitForCausalLM.from_pretrained(checkpoint)
     processor = LlavaKitProcessor.from_pretrained(checkpoint)
+    if model.config.image_mode != "fixed":
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        _export_next(model, processor, output)
+        return
     exported = export_to_transformers(model)  # raises for connectors transformers cannot represent
     vision = model.config.vision_config
     has_cls = vision.model_type in VISION_TYPES_WITH_CLS

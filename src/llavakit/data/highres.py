@@ -13,9 +13,15 @@ OneVision models): `pixel_values` stacks every image's crops flat, `(sum of crop
 base first per image; `image_sizes` `(images, 2)` holds the original (height, width);
 `image_num_crops` the crops per image (1 for an image encoded at base resolution only).
 
-The pixels equal transformers' `LlavaNextImageProcessor` / `LlavaOnevisionImageProcessor`
-(tests/test_highres_processor.py) at a fraction of the time: normalisation is a lookup
-table applied once to the canvas instead of float64 passes over every crop.
+Two resize backends (`HighResConfig.resize_backend`):
+
+* `pil` (default): the pixels equal transformers' `LlavaNextImageProcessor` /
+  `LlavaOnevisionImageProcessor` (PIL backends) bit for bit (tests/test_highres.py), about
+  twice as fast: normalisation is a lookup table applied once per crop instead of float64
+  passes, and no resize runs twice;
+* `torch`: torch's antialiased uint8 resize (the kernel transformers' torchvision "fast"
+  processors use), several times faster than PIL; pixels differ from PIL's by at most a
+  couple of 8-bit levels on a small share of pixels (benchmarks/preprocess_vs_hf.py).
 """
 
 from __future__ import annotations
@@ -25,12 +31,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from llavakit.data.images import RESAMPLE_FILTERS, ImageProcessingConfig, preprocess
 from llavakit.model import anyres
 
 Size = tuple[int, int]
+RESIZE_BACKENDS = ("pil", "torch")
+# torch's antialiased resize modes matching PIL's filters (PIL's bicubic uses a = -0.5, as torch's AA kernel).
+_TORCH_MODES = {"bicubic": "bicubic", "bilinear": "bilinear"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class HighResConfig:
     grid_pinpoints: the candidate canvases (height, width), each a whole number of crops.
     newline: features carry newline vectors (row ends; one after a base-only image).
     multi_image_base_only: a sample with several images encodes each at base resolution.
+    resize_backend: `pil` (identical to transformers' PIL processors) or `torch` (faster,
+        within a couple of 8-bit levels; bicubic and bilinear only).
     """
 
     mode: str
@@ -50,8 +62,11 @@ class HighResConfig:
     grid_pinpoints: tuple[Size, ...]
     newline: bool = True
     multi_image_base_only: bool = False
+    resize_backend: str = "pil"
 
     def __post_init__(self):
+        if self.resize_backend not in RESIZE_BACKENDS:
+            raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}")
         if self.mode not in ("hd", "anyres") and not self.mode.startswith("anyres_max_"):
             raise ValueError(f"high-resolution mode must be hd, anyres or anyres_max_N, got {self.mode!r}")
         if self.mode.startswith("anyres_max_"):
@@ -93,6 +108,7 @@ class HighResConfig:
             "grid_pinpoints": [list(p) for p in self.grid_pinpoints],
             "newline": self.newline,
             "multi_image_base_only": self.multi_image_base_only,
+            "resize_backend": self.resize_backend,
         }
 
     @classmethod
@@ -133,35 +149,73 @@ def _rgb(image: Image.Image | np.ndarray) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def resize_square(image: Image.Image | np.ndarray, config: ImageProcessingConfig, table: np.ndarray | None = None) -> np.ndarray:
-    """(3, S, S): the whole image squashed to the encoder's input, as the base image and video frames are."""
-    image = _rgb(image)
-    size = config.size
-    if image.size != (size, size):
-        image = image.resize((size, size), resample=RESAMPLE_FILTERS[config.resample])
-    out = np.empty((3, size, size), dtype=np.float32)
-    _normalize_into(out, np.asarray(image), normalization_table(config) if table is None else table)
+def _resize_source(image: Image.Image, config: ImageProcessingConfig, backend: str) -> Image.Image | torch.Tensor:
+    """What a backend resizes from: the PIL image (`pil`), or its pixels converted once to a
+    `(1, 3, H, W)` uint8 tensor with channels-last strides (`torch`), shared by every resize of it."""
+    if backend == "pil":
+        return image
+    if backend != "torch":
+        raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {backend!r}")
+    if config.resample not in _TORCH_MODES:
+        raise ValueError(f"the torch resize backend supports {sorted(_TORCH_MODES)}, not {config.resample!r}; use 'pil'")
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+
+
+def _resize(source: Image.Image | torch.Tensor, height: int, width: int, config: ImageProcessingConfig) -> np.ndarray:
+    if isinstance(source, Image.Image):
+        if source.size == (width, height):
+            return np.asarray(source)
+        return np.asarray(source.resize((width, height), resample=RESAMPLE_FILTERS[config.resample]))
+    if tuple(source.shape[2:]) != (height, width):
+        mode = _TORCH_MODES[config.resample]
+        source = torch.nn.functional.interpolate(source, size=(height, width), mode=mode, antialias=True)
+    return source[0].permute(1, 2, 0).numpy()
+
+
+def resize_pixels(image: Image.Image, height: int, width: int, config: ImageProcessingConfig, backend: str = "pil") -> np.ndarray:
+    """`(height, width, 3)` uint8: an RGB image resized with the config's filter (no resize when the size already fits).
+
+    `pil` is PIL's resize (what transformers' PIL processors call); `torch` runs torch's
+    antialiased uint8 kernel on a channels-last view, the one torchvision's resize uses.
+    """
+    return _resize(_resize_source(image, config, backend), height, width, config)
+
+
+def _normalized_square(source, config: ImageProcessingConfig, table: np.ndarray) -> np.ndarray:
+    out = np.empty((3, config.size, config.size), dtype=np.float32)
+    _normalize_into(out, _resize(source, config.size, config.size, config), table)
     return out
+
+
+def resize_square(
+    image: Image.Image | np.ndarray, config: ImageProcessingConfig, table: np.ndarray | None = None, backend: str = "pil"
+) -> np.ndarray:
+    """(3, S, S): the whole image squashed to the encoder's input, as the base image and video frames are."""
+    table = normalization_table(config) if table is None else table
+    return _normalized_square(_resize_source(_rgb(image), config, backend), config, table)
 
 
 def anyres_crops(image: Image.Image | np.ndarray, highres: HighResConfig, config: ImageProcessingConfig) -> ImageCrops:
     """Base image + canvas crops `(1 + rows * cols, 3, S, S)` of one RGB image.
 
-    Matches transformers' LLaVA-NeXT preprocessing: bicubic resize into the best canvas
-    (aspect kept, the short side rounded up), black centred padding, row-major crops.
+    Matches transformers' LLaVA-NeXT preprocessing: the base image squashed to S x S; the
+    image resized into the best canvas (aspect kept, the short side rounded up), padded
+    black and centred, cut into row-major crops; all with the config's filter (bicubic).
     """
     image = _rgb(image)
-    size, resample = config.size, RESAMPLE_FILTERS[config.resample]
+    size = config.size
     height, width = image.height, image.width
     canvas_h, canvas_w = anyres.select_best_resolution((height, width), highres.grid_pinpoints)
     place = anyres.resize_and_pad_size((height, width), (canvas_h, canvas_w))
     table = normalization_table(config)
+    source = _resize_source(image, config, highres.resize_backend)
     out = np.empty((1 + (canvas_h // size) * (canvas_w // size), 3, size, size), dtype=np.float32)
-    out[0] = resize_square(image, config, table)
+    out[0] = _normalized_square(source, config, table)
 
-    resized = image if image.size == (place.width, place.height) else image.resize((place.width, place.height), resample)
     canvas = np.zeros((canvas_h, canvas_w, 3), dtype=np.uint8)  # black padding
-    canvas[place.pad_top : place.pad_top + place.height, place.pad_left : place.pad_left + place.width] = np.asarray(resized)
+    canvas[place.pad_top : place.pad_top + place.height, place.pad_left : place.pad_left + place.width] = _resize(
+        source, place.height, place.width, config
+    )
     # The lookup reads each crop straight from the uint8 canvas and writes it in place in the
     # output, so the float data is written once; crop by crop, numpy's index buffer stays in cache.
     for index, (left, top, right, bottom) in enumerate(anyres.crop_boxes((canvas_h, canvas_w), size), start=1):

@@ -7,24 +7,42 @@ in the text becomes `num_image_tokens` copies of the image token id, as transfor
 `LlavaProcessor` does; `__call__` gives the same ids and pixels as that class (tested), and
 `to_transformers()` builds one for exported checkpoints.
 
+High resolution and video (`LlavaKitConfig.image_mode` other than `fixed`, `video_token_id`):
+each image becomes its base image plus the crops of its best canvas
+(`llavakit.data.highres`), each `<image>` is expanded to exactly the number of features the
+model will make of that image, and each `<video>` to the pooled frames' count
+(`llavakit.data.video`). The outputs then add, beside `pixel_values`:
+
+* `image_sizes` `(images, 2)`: each image's original (height, width);
+* `image_num_crops` `(images,)`: encoder inputs per image (1 + grid cells, or 1 for an image
+  of a multi-image sample encoded at base resolution only);
+* `pixel_values_videos` `(frames of all videos, 3, S, S)` and `video_num_frames` `(videos,)`.
+
+`pixel_values` stays flat in the grid modes, `(crops of all images, 3, S, S)`, base image
+first per image, so no padding crops are encoded; `LlavaKitForCausalLM` splits it with
+`image_num_crops` (and also accepts transformers' padded `(images, crops, 3, S, S)` form).
+In the fixed mode without video the outputs are exactly those of transformers' LlavaProcessor.
+
 Saved as the tokenizer files plus `llavakit_processor.json` (template name, image recipe,
-token count, image token).
+token count, image token, and the high-resolution / video layout when set).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature, LlavaProcessor, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BatchFeature, LlavaNextProcessor, LlavaProcessor, PreTrainedTokenizerBase
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from llavakit.data.highres import HighResConfig, preprocess_highres, transformers_image_processor
 from llavakit.data.images import (
     CLIP_MEAN,
     CLIP_STD,
@@ -35,6 +53,7 @@ from llavakit.data.images import (
     preprocess,
 )
 from llavakit.data.templates import get_template
+from llavakit.data.video import FrameSampling, VideoConfig, video_frames, video_pixel_values
 from llavakit.model.configuration import LlavaKitConfig
 
 PROCESSOR_FILE = "llavakit_processor.json"
@@ -47,6 +66,33 @@ _VISION_NORMALIZATION = {
 }
 
 ImageInput = ImageSource | np.ndarray
+VideoInput = str | Path | np.ndarray | Sequence[Image.Image | np.ndarray]
+
+
+@dataclass
+class _Visuals:
+    """Preprocessed images or videos of a text or sample: pixels, and the tokens each one becomes."""
+
+    pixels: list[np.ndarray] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # crops per image / frames per video
+
+    def add(self, pixels: np.ndarray, tokens: int, size: tuple[int, int] | None = None) -> None:
+        self.pixels.append(pixels)
+        self.tokens.append(tokens)
+        self.counts.append(int(pixels.shape[0]))
+        if size is not None:
+            self.sizes.append((int(size[0]), int(size[1])))
+
+    def extend(self, other: "_Visuals") -> None:
+        self.pixels += other.pixels
+        self.tokens += other.tokens
+        self.sizes += other.sizes
+        self.counts += other.counts
+
+    def stacked(self) -> np.ndarray:
+        return np.concatenate(self.pixels) if len(self.pixels) > 1 else self.pixels[0]
 
 
 def _where(sample_id: Any) -> str:
@@ -54,11 +100,13 @@ def _where(sample_id: Any) -> str:
 
 
 class LlavaKitProcessor:
-    """Template + tokenizer + image recipe + `<image>` expansion.
+    """Template + tokenizer + image recipe + `<image>` (and `<video>`) expansion.
 
     `image_token` must be one added token of `tokenizer` (so text around it never merges
-    with it); `num_image_tokens` is how many features the model produces per image
-    (`LlavaKitConfig.num_image_tokens`).
+    with it); `num_image_tokens` is how many features the model produces per image in the
+    fixed mode (`LlavaKitConfig.image_token_count()`); in the grid modes, where the count
+    depends on each image's size (`highres`), it is that of an image at base resolution only.
+    `video` (with `video_token`, one added token too) enables `<video>` placeholders.
     """
 
     def __init__(
@@ -68,9 +116,14 @@ class LlavaKitProcessor:
         image_config: ImageProcessingConfig,
         num_image_tokens: int,
         image_token: str = "<image>",
+        highres: HighResConfig | None = None,
+        video: VideoConfig | None = None,
+        video_token: str = "<video>",
     ):
         if num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
+        if highres is not None and highres.crop_size != image_config.size:
+            raise ValueError(f"the high-resolution crop size {highres.crop_size} differs from the image size {image_config.size}")
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -78,13 +131,17 @@ class LlavaKitProcessor:
         self.num_image_tokens = num_image_tokens
         self.image_token = image_token
         self.image_token_id = self._check_image_token(tokenizer, image_token)
+        self.highres = highres
+        self.video = video
+        self.video_token = video_token
+        self.video_token_id = self._check_image_token(tokenizer, video_token, "video") if video is not None else None
 
     @staticmethod
-    def _check_image_token(tokenizer: PreTrainedTokenizerBase, image_token: str) -> int:
+    def _check_image_token(tokenizer: PreTrainedTokenizerBase, image_token: str, what: str = "image") -> int:
         ids = tokenizer.encode(image_token, add_special_tokens=False)
         if len(ids) != 1 or image_token not in tokenizer.get_added_vocab():
             raise ValueError(
-                f"the image token {image_token!r} must be a single added token of the tokenizer (it encodes to "
+                f"the {what} token {image_token!r} must be a single added token of the tokenizer (it encodes to "
                 f"{ids}); add it with tokenizer.add_special_tokens({{'extra_special_tokens': [{image_token!r}]}}) "
                 "and resize the model's embeddings"
             )
@@ -92,22 +149,62 @@ class LlavaKitProcessor:
 
     @classmethod
     def from_model_config(
-        cls, tokenizer: PreTrainedTokenizerBase, config: LlavaKitConfig, template: str, image_mode: str = "pad"
+        cls,
+        tokenizer: PreTrainedTokenizerBase,
+        config: LlavaKitConfig,
+        template: str,
+        image_mode: str = "pad",
+        image_config: ImageProcessingConfig | None = None,
+        video_sampling: FrameSampling | None = None,
+        resize_backend: str = "pil",
     ) -> LlavaKitProcessor:
-        """A processor whose image size, normalisation and token count match `config`'s vision tower."""
+        """A processor whose image size, normalisation, layout and token counts match `config`.
+
+        `image_mode` (`pad` / `square`) is the fixed mode's recipe (and unused by the grid modes'
+        crops); `image_config` overrides the recipe derived from the vision tower (e.g. the one a
+        checkpoint's image processor was saved with). `video_sampling` picks the frames of video
+        files; `resize_backend` is the grid modes' and videos' resize (`pil` or `torch`).
+        """
         vision = config.vision_config
-        if vision.model_type not in _VISION_NORMALIZATION:
-            raise ValueError(
-                f"no known image normalisation for vision model_type {vision.model_type!r}; "
-                f"known: {', '.join(_VISION_NORMALIZATION)}; build an ImageProcessingConfig yourself"
+        if image_config is None:
+            if vision.model_type not in _VISION_NORMALIZATION:
+                raise ValueError(
+                    f"no known image normalisation for vision model_type {vision.model_type!r}; "
+                    f"known: {', '.join(_VISION_NORMALIZATION)}; build an ImageProcessingConfig yourself"
+                )
+            mean, std = _VISION_NORMALIZATION[vision.model_type]
+            image_config = ImageProcessingConfig(mode=image_mode, size=vision.image_size, mean=mean, std=std)
+        highres = None
+        if config.image_mode != "fixed":
+            highres = HighResConfig(
+                mode=config.image_mode,
+                crop_size=config.crop_size,
+                patch_size=int(vision.patch_size),
+                grid_pinpoints=tuple(config.grid_pinpoints),
+                newline=config.newline_in_images,
+                multi_image_base_only=config.base_only_for_multi_image,
+                resize_backend=resize_backend,
             )
-        mean, std = _VISION_NORMALIZATION[vision.model_type]
-        image_config = ImageProcessingConfig(mode=image_mode, size=vision.image_size, mean=mean, std=std)
-        processor = cls(tokenizer, template, image_config, num_image_tokens=config.num_image_tokens)
+        video = None
+        if config.video_token_id is not None:
+            video = VideoConfig(
+                feature_side=config.feature_side,
+                pool_mode=config.video_pool_mode,
+                pool_stride=config.video_pool_stride,
+                newline=config.video_newline,
+                sampling=video_sampling or FrameSampling(),
+            )
+        num_image_tokens = config.image_token_count(base_only=True)
+        processor = cls(tokenizer, template, image_config, num_image_tokens, highres=highres, video=video)
         if processor.image_token_id != config.image_token_id:
             raise ValueError(
                 f"the tokenizer's {processor.image_token!r} has id {processor.image_token_id} but the model config "
                 f"expects image_token_id={config.image_token_id}"
+            )
+        if video is not None and processor.video_token_id != config.video_token_id:
+            raise ValueError(
+                f"the tokenizer's {processor.video_token!r} has id {processor.video_token_id} but the model config "
+                f"expects video_token_id={config.video_token_id}"
             )
         return processor
 
@@ -124,11 +221,20 @@ class LlavaKitProcessor:
                 ids.append(stop_id)
         return ids
 
-    def _expand(self, ids: Sequence[int]) -> list[int]:
+    def _expand(
+        self, ids: Sequence[int], image_tokens: Sequence[int] | None = None, video_tokens: Sequence[int] = ()
+    ) -> list[int]:
+        """Each `<image>` / `<video>` id repeated as many times as its image / video gives features.
+
+        `image_tokens`: per image, in order (default: `num_image_tokens` each).
+        """
+        counts = {self.image_token_id: iter(image_tokens or ()), self.video_token_id: iter(video_tokens)}
         expanded = []
         for token in ids:
-            if token == self.image_token_id:
+            if token == self.image_token_id and image_tokens is None:
                 expanded.extend([token] * self.num_image_tokens)
+            elif token in counts and token is not None:
+                expanded.extend([token] * next(counts[token]))
             else:
                 expanded.append(token)
         return expanded
@@ -142,7 +248,83 @@ class LlavaKitProcessor:
             arrays.append(preprocess(image, self.image_config))
         return np.stack(arrays)
 
+    def image_token_count(self, image_size: tuple[int, int] | None = None, base_only: bool = False) -> int:
+        """`<image>` tokens for one image of `image_size` (height, width); `base_only`: encoded at base resolution."""
+        if self.highres is None:
+            return self.num_image_tokens
+        if image_size is None and not base_only:
+            raise ValueError(f"the {self.highres.mode!r} layout needs the image's (height, width) to count its tokens")
+        return self.highres.num_tokens(image_size, base_only=base_only)
+
+    def _images(self, images: Sequence[ImageInput], sample_id: Any = None) -> _Visuals:
+        """The images of one sample (or text): pixels, sizes, crop and token counts.
+
+        In a grid mode, a sample with several images encodes each at base resolution when the
+        layout says so (OneVision's multi-image rule); otherwise every image gets its grid.
+        """
+        visuals = _Visuals()
+        if self.highres is None:
+            if images:
+                for pixels in self._pixel_values(images, sample_id):
+                    visuals.add(pixels[None], self.num_image_tokens)
+            return visuals
+        base_only = self.highres.multi_image_base_only and len(images) > 1
+        for index, image in enumerate(images):
+            if not isinstance(image, np.ndarray):
+                image = load_image(image, name=_image_name(image, sample_id, index))
+            crops = preprocess_highres(image, self.highres, self.image_config, base_only=base_only)
+            visuals.add(crops.pixel_values, self.highres.num_tokens(crops.image_size, base_only), crops.image_size)
+        return visuals
+
+    def _videos(self, videos: Sequence[VideoInput], sample_id: Any = None) -> _Visuals:
+        """The videos of one sample (or text): sampled frames at base resolution, token counts."""
+        visuals = _Visuals()
+        if not videos:
+            return visuals
+        if self.video is None:
+            raise ValueError(f"{_where(sample_id)} has videos, but the processor has no video layout (model without video_token_id)")
+        backend = self.highres.resize_backend if self.highres is not None else "pil"
+        for index, video in enumerate(videos):
+            name = _video_name(video, sample_id, index)
+            frames = video_frames(video, self.video.sampling, name=name)
+            visuals.add(video_pixel_values(frames, self.image_config, backend), self.video.num_tokens(len(frames)))
+        return visuals
+
+    def _visual_outputs(self, images: _Visuals, videos: _Visuals) -> dict[str, np.ndarray]:
+        """`pixel_values` (+ `image_sizes`, `image_num_crops` in the grid modes) and the video tensors."""
+        data: dict[str, np.ndarray] = {}
+        if images.pixels:
+            data["pixel_values"] = images.stacked()
+            if self.highres is not None:
+                data["image_sizes"] = np.asarray(images.sizes, dtype=np.int64).reshape(-1, 2)
+                data["image_num_crops"] = np.asarray(images.counts, dtype=np.int64)
+        if videos.pixels:
+            data["pixel_values_videos"] = videos.stacked()
+            data["video_num_frames"] = np.asarray(videos.counts, dtype=np.int64)
+        return data
+
     # ---- inference / evaluation -----------------------------------------------------------
+
+    def _videos_per_text(self, texts: list[str], videos: Any) -> list[list[VideoInput]]:
+        """`videos` (one video, or a flat list in placeholder order across the texts) split per text."""
+        if videos is None:
+            videos = []
+        elif isinstance(videos, (str, Path)) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
+            videos = [videos]
+        elif isinstance(videos, (list, tuple)) and videos and isinstance(videos[0], (Image.Image, np.ndarray)):
+            if not (isinstance(videos[0], np.ndarray) and videos[0].ndim == 4):
+                videos = [videos]  # one video given as its list of frames
+        videos = list(videos)
+        counts = [text.count(self.video_token) if self.video is not None else 0 for text in texts]
+        if videos and self.video is None:
+            raise ValueError("videos were given, but the processor has no video layout (model without video_token_id)")
+        if sum(counts) != len(videos):
+            raise ValueError(f"{len(videos)} video(s) given but the texts have {sum(counts)} {self.video_token} placeholder(s)")
+        groups, start = [], 0
+        for count in counts:
+            groups.append(videos[start : start + count])
+            start += count
+        return groups
 
     def _images_per_text(self, texts: list[str], images: Any) -> list[list[ImageInput]]:
         counts = [text.count(self.image_token) for text in texts]
@@ -181,21 +363,30 @@ class LlavaKitProcessor:
         return_tensors: str | None = "pt",
         padding: bool | str = True,
         add_special_tokens: bool = True,
+        videos: Any = None,
     ) -> BatchFeature:
-        """Tokenize prompts, expand each `<image>`, preprocess images (in text order).
+        """Tokenize prompts, expand each `<image>` / `<video>`, preprocess images and videos (in text order).
 
         `images`: None, one image, a flat list (consumed in placeholder order across the
-        texts) or one list per text. Returns input_ids, attention_mask and, with images,
-        pixel_values (N, 3, S, S).
+        texts) or one list per text; the images of one text are its sample's (multi-image).
+        `videos`: None, one video, or a flat list in placeholder order; a video is a file or
+        frame-folder path, a uint8 (frames, H, W, 3) array or a list of frames. Returns
+        input_ids, attention_mask and, with images, pixel_values (plus image_sizes and
+        image_num_crops in the grid modes), with videos pixel_values_videos and video_num_frames.
         """
         texts = [text] if isinstance(text, str) else list(text)
-        groups = self._images_per_text(texts, images)
-        ids = [self._expand(self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts]
+        image_groups = self._images_per_text(texts, images)
+        video_groups = self._videos_per_text(texts, videos)
+        all_images, all_videos, ids = _Visuals(), _Visuals(), []
+        for text_, group, video_group in zip(texts, image_groups, video_groups):
+            text_images, text_videos = self._images(group), self._videos(video_group)
+            all_images.extend(text_images)
+            all_videos.extend(text_videos)
+            token_ids = self.tokenizer(text_, add_special_tokens=add_special_tokens)["input_ids"]
+            ids.append(self._expand(token_ids, text_images.tokens, text_videos.tokens))
         batch = self.tokenizer.pad({"input_ids": ids}, padding=padding, return_attention_mask=True)
         data = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        flat = [image for group in groups for image in group]
-        if flat:
-            data["pixel_values"] = self._pixel_values(flat)
+        data.update(self._visual_outputs(all_images, all_videos))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def apply_chat_template(
@@ -205,12 +396,13 @@ class LlavaKitProcessor:
         tokenize: bool = False,
         images: Any = None,
         return_tensors: str | None = "pt",
+        videos: Any = None,
     ) -> str | BatchFeature:
         """The prompt text for serving; with `tokenize=True`, the processed inputs (ids, mask, pixels)."""
         prompt = self.template.render(conversation, add_generation_prompt=add_generation_prompt).text
         if not tokenize:
             return prompt
-        return self(prompt, images=images, return_tensors=return_tensors)
+        return self(prompt, images=images, return_tensors=return_tensors, videos=videos)
 
     def decode(self, token_ids, **kwargs) -> str:
         return self.tokenizer.decode(token_ids, **kwargs)
@@ -226,55 +418,78 @@ class LlavaKitProcessor:
         images: Sequence[ImageInput] | None = None,
         sample_id: Any = None,
         max_length: int | None = None,
+        videos: Sequence[VideoInput] | None = None,
     ) -> dict[str, torch.Tensor | None]:
-        """One training sample: render, tokenize, label the answers, expand `<image>`.
+        """One training sample: render, tokenize, label the answers, expand `<image>` / `<video>`.
 
         Returns 1-D int64 tensors `input_ids`, `labels` (IGNORE_INDEX except on the tokens of
         each answer and its end token) and `attention_mask` (all ones), and `pixel_values`
-        (N, 3, S, S) float32 or None. A token is labelled when its characters overlap an
-        answer span, so a word token that also carries the space before the answer counts
-        as the answer's. Too many tokens for `max_length` raises instead of truncating,
-        because a cut could split an image's tokens or drop the whole answer.
+        (N, 3, S, S) float32 or None. In the grid modes, a sample with images adds
+        `image_sizes` and `image_num_crops`; one with videos adds `pixel_values_videos` and
+        `video_num_frames` (see the module docstring). A token is labelled when its
+        characters overlap an answer span, so a word token that also carries the space
+        before the answer counts as the answer's. Too many tokens for `max_length` raises
+        instead of truncating, because a cut could split an image's tokens or drop the whole answer.
         """
         if not self.tokenizer.is_fast:
             raise ValueError("encode_conversation needs a fast tokenizer (it uses character offsets)")
         rendered = self.template.render(conversation, sample_id=sample_id)
         images = list(images or [])
+        videos = list(videos or [])
         count = rendered.text.count(self.image_token)
         if count != len(images):
             raise ValueError(
                 f"{_where(sample_id)} has {count} {self.image_token} placeholder(s) but {len(images)} image(s)"
             )
+        video_count = rendered.text.count(self.video_token) if self.video is not None else 0
+        if video_count != len(videos):
+            raise ValueError(
+                f"{_where(sample_id)} has {video_count} {self.video_token} placeholder(s) but {len(videos)} video(s)"
+            )
+        image_visuals, video_visuals = self._images(images, sample_id), self._videos(videos, sample_id)
+        visual_tokens = {
+            self.image_token_id: iter(image_visuals.tokens),
+            self.video_token_id: iter(video_visuals.tokens),
+        }
         encoding = self.tokenizer(rendered.text, return_offsets_mapping=True)
         spans = rendered.answer_spans
         input_ids, labels = [], []
         for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
-            if token == self.image_token_id:
-                input_ids += [token] * self.num_image_tokens
-                labels += [IGNORE_INDEX] * self.num_image_tokens
+            if token is not None and token in visual_tokens:
+                repeat = next(visual_tokens[token])
+                input_ids += [token] * repeat
+                labels += [IGNORE_INDEX] * repeat
                 continue
             answer = end > start and any(start < span_end and span_start < end for span_start, span_end in spans)
             input_ids.append(token)
             labels.append(token if answer else IGNORE_INDEX)
         if max_length is not None and len(input_ids) > max_length:
             raise ValueError(f"{_where(sample_id)} is {len(input_ids)} tokens long, more than max_length={max_length}")
-        pixel_values = torch.from_numpy(self._pixel_values(images, sample_id)) if images else None
-        return {
+        visual = self._visual_outputs(image_visuals, video_visuals)
+        encoded = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
-            "pixel_values": pixel_values,
+            "pixel_values": torch.from_numpy(visual.pop("pixel_values")) if images else None,
         }
+        encoded.update({key: torch.from_numpy(value) for key, value in visual.items()})
+        return encoded
 
     # ---- persistence and export ------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "template": self.template_name,
             "image": self.image_config.to_dict(),
             "num_image_tokens": self.num_image_tokens,
             "image_token": self.image_token,
         }
+        if self.highres is not None:
+            data["highres"] = self.highres.to_dict()
+        if self.video is not None:
+            data["video"] = self.video.to_dict()
+            data["video_token"] = self.video_token
+        return data
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Tokenizer files (chat template = this template's Jinja) plus `llavakit_processor.json`."""
@@ -302,12 +517,19 @@ class LlavaKitProcessor:
             ImageProcessingConfig.from_dict(data["image"]),
             num_image_tokens=data["num_image_tokens"],
             image_token=data["image_token"],
+            highres=HighResConfig.from_dict(data["highres"]) if data.get("highres") else None,
+            video=VideoConfig.from_dict(data["video"]) if data.get("video") else None,
+            video_token=data.get("video_token", "<video>"),
         )
 
     def to_transformers(
         self, patch_size: int, vision_feature_select_strategy: str, num_additional_image_tokens: int
     ) -> LlavaProcessor:
         """The equivalent transformers `LlavaProcessor` (same ids, same pixels, same chat template)."""
+        if self.highres is not None or self.video is not None:
+            raise ValueError(
+                "a high-resolution or video processor has no LlavaProcessor form; use to_transformers_next()"
+            )
         size = self.image_config.size
         tokens = (size // patch_size) ** 2 + num_additional_image_tokens
         tokens -= int(vision_feature_select_strategy == "default")
@@ -338,7 +560,41 @@ class LlavaKitProcessor:
             num_additional_image_tokens=num_additional_image_tokens,
         )
 
+    def transformers_image_processor(self):
+        """The transformers PIL image processor giving this processor's grid-mode pixels and image_sizes:
+        `LlavaNextImageProcessorPil` (`hd`, `anyres`) or `LlavaOnevisionImageProcessorPil` (`anyres_max_N`)."""
+        if self.highres is None:
+            raise ValueError("a fixed-resolution processor exports through to_transformers()")
+        return transformers_image_processor(self.highres, self.image_config)
 
+    def to_transformers_next(
+        self, patch_size: int, vision_feature_select_strategy: str, num_additional_image_tokens: int
+    ) -> LlavaNextProcessor:
+        """The equivalent transformers `LlavaNextProcessor` of an `hd` / `anyres` processor (same ids, pixels, template).
+
+        OneVision's processor needs transformers' torchvision video processor; write its folder
+        with `llavakit.interop.export_checkpoint` instead.
+        """
+        if self.highres is None or self.highres.mode not in ("hd", "anyres") or self.video is not None:
+            raise ValueError("only an hd / anyres processor without video has a LlavaNextProcessor form")
+        if self.highres.multi_image_base_only or not self.highres.newline:
+            raise ValueError("LlavaNextProcessor gives every image its grid and row-end newlines")
+        return LlavaNextProcessor(
+            image_processor=self.transformers_image_processor(),
+            tokenizer=self.tokenizer,
+            patch_size=patch_size,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            chat_template=self.template.chat_template,
+            image_token=self.image_token,
+            num_additional_image_tokens=num_additional_image_tokens,
+        )
+
+
+def _video_name(video: Any, sample_id: Any, index: int) -> str:
+    """How errors name a video: its path, else the sample and position."""
+    if isinstance(video, (str, Path)):
+        return f"{video} (sample {sample_id!r})" if sample_id is not None else str(video)
+    return f"video {index} of sample {sample_id!r}" if sample_id is not None else f"video {index}"
 
 
 def _image_name(image: Any, sample_id: Any, index: int) -> str | None:

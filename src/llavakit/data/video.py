@@ -5,8 +5,10 @@ a folder of frame images (sorted by name, numbers in names compared as numbers, 
 `frame_2.png` precedes `frame_10.png`). Frames are taken at a target `fps` (every
 `native_fps / fps`-th frame, as LLaVA-NeXT's video loader does) or, without one, evenly over
 the whole video; either way at most `max_frames`, spread evenly when there would be more.
-The processor then resizes each frame to the encoder's input (the base resolution) and the
-model pools their features (`llavakit.model.anyres.pool_video_features`).
+The processor then resizes each frame to the encoder's input (the base resolution,
+`video_pixel_values`) and writes `VideoConfig.num_tokens(frames)` `<video>` tokens; the model
+pools the frames' features (`llavakit.model.anyres.pool_video_features`) and places newlines
+with the same `llavakit.model.anyres` functions, so the two counts agree.
 
 A file that is missing, has no video stream or does not decode raises ValueError naming it.
 """
@@ -21,7 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llavakit.data.images import load_image
+from llavakit.data.highres import normalization_table, resize_square
+from llavakit.data.images import ImageProcessingConfig, load_image
+from llavakit.model import anyres
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _NUMBER = re.compile(r"(\d+)")
@@ -155,7 +159,7 @@ def _read_with_decord(path: Path, sampling: FrameSampling) -> list[Image.Image]:
     return [Image.fromarray(frame) for frame in batch]
 
 
-def _backend(requested: str) -> str:
+def _backend(requested: str, path: Path) -> str:
     if requested != "auto":
         return requested
     for name in ("av", "decord"):
@@ -164,7 +168,9 @@ def _backend(requested: str) -> str:
         except ImportError:
             continue
         return name
-    raise ValueError("decoding a video file needs PyAV (pip install av) or decord; or give a folder of frames")
+    raise ValueError(
+        f"video file {path}: decoding needs PyAV (pip install 'llavakit[video]') or decord; or give a folder of frames"
+    )
 
 
 def load_video(source: str | Path, sampling: FrameSampling | None = None) -> list[Image.Image]:
@@ -175,7 +181,7 @@ def load_video(source: str | Path, sampling: FrameSampling | None = None) -> lis
         return read_frame_folder(path, sampling)
     if not path.is_file():
         raise ValueError(f"video {path} does not exist")
-    backend = _backend(sampling.backend)
+    backend = _backend(sampling.backend, path)
     try:
         reader = _read_with_av if backend == "av" else _read_with_decord
         return reader(path, sampling)
@@ -200,6 +206,65 @@ def video_frames(video: Any, sampling: FrameSampling | None = None, name: str | 
                 frame = Image.fromarray(frame) if frame.dtype == np.uint8 and frame.ndim == 3 else None
             if not isinstance(frame, Image.Image):
                 raise ValueError(f"{label}: frame {index} is not a PIL image or uint8 (H, W, 3) array")
-            frames.append(frame.convert("RGB"))
+            frames.append(load_image(frame, name=f"{label} frame {index}"))
         return frames
     raise ValueError(f"{label}: a video must be a path, a uint8 (frames, H, W, 3) array or a list of frames")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """How a video becomes `<video>` tokens; built from the model config (`LlavaKitProcessor.from_model_config`).
+
+    feature_side: side of one frame's feature map before pooling (`LlavaKitConfig.feature_side`).
+    pool_mode / pool_stride / newline: as `LlavaKitConfig.video_pool_mode`, `video_pool_stride`, `video_newline`.
+    sampling: which frames a video file or folder contributes.
+    """
+
+    feature_side: int
+    pool_mode: str = "bilinear"
+    pool_stride: int = 2
+    newline: str = "one_token"
+    sampling: FrameSampling = FrameSampling()
+
+    def __post_init__(self):
+        if self.feature_side < 1:
+            raise ValueError(f"feature_side must be >= 1, got {self.feature_side}")
+        anyres.pooled_shape(self.feature_side, self.feature_side, self.pool_mode, self.pool_stride)
+        if self.newline not in anyres.VIDEO_NEWLINE_PLACEMENTS:
+            raise ValueError(f"video newline must be one of {anyres.VIDEO_NEWLINE_PLACEMENTS}, got {self.newline!r}")
+
+    def num_tokens(self, num_frames: int) -> int:
+        """`<video>` tokens of a video of `num_frames` frames (what the model's video features count)."""
+        if num_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got {num_frames}")
+        return anyres.num_video_tokens(
+            num_frames, self.feature_side, pool_mode=self.pool_mode, stride=self.pool_stride, newline=self.newline
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_side": self.feature_side,
+            "pool_mode": self.pool_mode,
+            "pool_stride": self.pool_stride,
+            "newline": self.newline,
+            "sampling": self.sampling.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VideoConfig:
+        values = dict(data)
+        values["sampling"] = FrameSampling.from_dict(values.get("sampling") or {})
+        return cls(**values)
+
+
+def video_pixel_values(frames: list[Image.Image], config: ImageProcessingConfig, backend: str = "pil") -> np.ndarray:
+    """`(frames, 3, S, S)` float32: every frame resized (aspect not kept) to the encoder's input and
+    normalised, as OneVision's video processor does and as the base image of a grid mode is.
+    `backend`: `pil` or `torch` (see `llavakit.data.highres.resize_pixels`)."""
+    if not frames:
+        raise ValueError("a video needs at least one frame")
+    table = normalization_table(config)
+    out = np.empty((len(frames), 3, config.size, config.size), dtype=np.float32)
+    for index, frame in enumerate(frames):
+        out[index] = resize_square(frame, config, table, backend)
+    return out
