@@ -59,8 +59,80 @@ def test_padding_collator_limits_multiples_and_errors():
     assert batch["input_ids"].tolist() == [[1, 2, PAD, PAD]] and batch["pixel_values"] is None
     assert batch["skipped_samples"] == [("s2", "over max length: 4 tokens > max_length=3")]
     assert collator([{"skipped": "empty turn: x", "sample_id": "s9"}]) == {"skipped_samples": [("s9", "empty turn: x")]}
-    with pytest.raises(ValueError, match=r"'s1' has keys .*image_sizes"):
-        collator([{**item("s1", [1]), "image_sizes": torch.tensor([[2, 2]])}])
+    with pytest.raises(ValueError, match=r"'s1' has keys .*pixel_values_audio"):
+        collator([{**item("s1", [1]), "pixel_values_audio": torch.zeros(1)}])
+
+
+# ---- high-resolution and video keys ----------------------------------------------------------
+
+
+def grid_item(sample_id: str, ids: list[int], crops: list[int], frames: list[int] = ()) -> dict:
+    """An item in the grid / video layout; crop and frame pixels carry (sample number, image or video index)."""
+    number = float(sample_id[1:])
+    pixels = torch.cat([torch.full((n, 3, 2, 2), number + k / 10) for k, n in enumerate(crops)]) if crops else None
+    feature = {**item(sample_id, ids), "pixel_values": pixels}
+    if crops:
+        feature["image_sizes"] = torch.tensor([[10 * number + k, 20] for k in range(len(crops))])
+        feature["image_num_crops"] = torch.tensor(crops)
+    if frames:
+        feature["pixel_values_videos"] = torch.cat([torch.full((n, 3, 2, 2), -number - k / 10) for k, n in enumerate(frames)])
+        feature["video_num_frames"] = torch.tensor(frames)
+    return feature
+
+
+def test_padding_collator_joins_grid_and_video_keys_in_sample_order():
+    batch = PaddingCollator(pad_token_id=PAD)(
+        [
+            grid_item("s1", [1, 2], crops=[3]),
+            {"skipped": "corrupt video: c.mp4 cannot be decoded", "sample_id": "s2"},
+            grid_item("s3", [1], crops=[], frames=[2]),
+            grid_item("s4", [1, 2, 3], crops=[1, 1], frames=[1, 3]),
+        ]
+    )
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == pytest.approx([1.0] * 3 + [4.0, 4.1])
+    assert batch["image_sizes"].tolist() == [[10, 20], [40, 20], [41, 20]]
+    assert batch["image_num_crops"].tolist() == [3, 1, 1]
+    assert batch["pixel_values_videos"][:, 0, 0, 0].tolist() == pytest.approx([-3.0, -3.0, -4.0, -4.1, -4.1, -4.1])
+    assert batch["video_num_frames"].tolist() == [2, 1, 3]
+    assert batch["skipped_samples"] == [("s2", "corrupt video: c.mp4 cannot be decoded")]
+    only_text = PaddingCollator(pad_token_id=PAD)([grid_item("s5", [1], crops=[])])
+    assert set(only_text) == {"input_ids", "labels", "attention_mask", "pixel_values", "skipped_samples"}
+
+
+def test_packing_collator_joins_grid_and_video_keys_in_row_order():
+    features = [
+        grid_item("s1", [11] * 5, crops=[2]),
+        grid_item("s2", [12] * 4, crops=[3], frames=[2]),
+        grid_item("s3", [13] * 3, crops=[1, 1]),
+        grid_item("s4", [14] * 2, crops=[], frames=[1]),
+    ]
+    batch = PackingCollator(max_length=8, pad_token_id=PAD)(features)
+    # first fit: row 0 = s1 + s3, row 1 = s2 + s4; the visuals follow the rows, not the input order
+    assert batch["input_ids"][:, 0].tolist() == [11, 12]
+    assert batch["image_sizes"][:, 0].tolist() == [10, 30, 31, 20]
+    assert batch["image_num_crops"].tolist() == [2, 1, 1, 3]
+    assert batch["pixel_values"][:, 0, 0, 0].tolist() == pytest.approx([1.0, 1.0, 3.0, 3.1, 2.0, 2.0, 2.0])
+    assert batch["video_num_frames"].tolist() == [2, 1]
+    assert batch["pixel_values_videos"][:, 0, 0, 0].tolist() == pytest.approx([-2.0, -2.0, -4.0])
+
+
+def test_collators_fill_video_counts_and_reject_layouts_that_do_not_add_up():
+    collator = PaddingCollator(pad_token_id=PAD)
+    # Frames without counts are one video each (as the model reads them), not one long video once joined.
+    flat = {**item("s1", [1]), "pixel_values_videos": torch.zeros(3, 3, 2, 2)}
+    five_d = {**item("s2", [1]), "pixel_values_videos": torch.zeros(2, 2, 3, 2, 2)}
+    batch = collator([flat, five_d, grid_item("s3", [1], crops=[], frames=[4])])
+    assert batch["video_num_frames"].tolist() == [3, 2, 2, 4] and batch["pixel_values_videos"].shape[0] == 11
+    with pytest.raises(ValueError, match=r"'s4': image_num_crops \[3\] adds up to 3, but its pixel_values holds 2"):
+        collator([{**grid_item("s4", [1], crops=[2]), "image_num_crops": torch.tensor([3])}])
+    with pytest.raises(ValueError, match=r"'s5': video_num_frames \[1\] adds up to 1, but its pixel_values_videos holds 2"):
+        collator([{**grid_item("s5", [1], crops=[], frames=[2]), "video_num_frames": torch.tensor([1])}])
+    with pytest.raises(ValueError, match=r"'s6': 2 image_sizes but 1 image_num_crops"):
+        collator([{**grid_item("s6", [1], crops=[2]), "image_sizes": torch.tensor([[1, 1], [2, 2]])}])
+    with pytest.raises(ValueError, match=r"'s7': pixel_values must be flat"):
+        collator([{**grid_item("s7", [1], crops=[2]), "pixel_values": torch.zeros(1, 2, 3, 2, 2)}])
+    with pytest.raises(ValueError, match=r"'s8' has pixel_values but no image_sizes, unlike others"):
+        PackingCollator(max_length=8)([grid_item("s7", [1], crops=[2]), item("s8", [2], images=1)])
 
 
 # ---- packing ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from llavakit.data.dataset import (
 )
 from llavakit.data.images import load_image
 from llavakit.data.processor import IGNORE_INDEX, LlavaKitProcessor
+from llavakit.data.video import FrameSampling
 from llavakit.tiny_models import tiny_llava_config
 
 MAX_LENGTH = 160
@@ -294,3 +295,183 @@ def test_modality_lengths_are_cheap_signed_estimates(data_dir, processor):
     assert lengths[3] == (6 + 4 + 3 + 1) + 2 * tokens  # two images
     assert all(length != 0 for length in lengths) and len(lengths) == len(dataset)
     assert estimate_length({"conversations": []}, tokens) == -1
+
+
+# ---- video records ---------------------------------------------------------------------------
+
+
+def video_processor(tokenizer, max_frames: int = 4) -> LlavaKitProcessor:
+    config = tiny_llava_config(
+        tokenizer.convert_tokens_to_ids("<image>"), video_token_id=tokenizer.convert_tokens_to_ids("<video>")
+    )
+    return LlavaKitProcessor.from_model_config(tokenizer, config, "vicuna_v1", video_sampling=FrameSampling(max_frames=max_frames))
+
+
+def write_frames(folder, count: int) -> None:
+    folder.mkdir(parents=True)
+    for index in range(count):
+        Image.new("RGB", (20, 16), (index * 30, 10, 0)).save(folder / f"frame_{index}.png")
+
+
+VIDEO_GOOD = [
+    {"id": "clip", "video": "frames", "conversations": chat("<video>\nWhat happens?", "A square fades in.")},
+    {
+        "id": "clip-and-image",
+        "video": ["frames"],
+        "image": "red.png",
+        "conversations": chat("<image>\n<video>\nDoes the clip show this?", "Yes."),
+    },
+]
+VIDEO_BAD = {
+    "missing-video": ({"video": "nowhere", "conversations": chat("<video>\nWhat?", "A cat.")}, "missing video"),
+    "no-frames": ({"video": "empty", "conversations": chat("<video>\nWhat?", "A cat.")}, "corrupt video"),
+    "no-placeholder": ({"video": "frames", "conversations": chat("What?", "A cat.")}, "<video> count mismatch"),
+    "placeholder-only": ({"conversations": chat("<video>\nWhat?", "A cat.")}, "<video> count mismatch"),
+    "bad-video-field": ({"video": ["frames", 3], "conversations": chat("<video>\nWhat?", "A cat.")}, "malformed record"),
+}
+
+
+@pytest.fixture()
+def video_dir(tmp_path):
+    """A frame folder (6 frames), an empty folder, an image, and a file of good and bad video records."""
+    write_frames(tmp_path / "videos" / "frames", 6)
+    (tmp_path / "videos" / "empty").mkdir()
+    write_image(tmp_path / "red.png", 0)
+    records = VIDEO_GOOD + [{"id": sample_id, **record} for sample_id, (record, _) in VIDEO_BAD.items()]
+    (tmp_path / "videos.json").write_text(json.dumps(records))
+    return tmp_path
+
+
+def test_video_records_are_encoded_as_the_processor_encodes_the_path(video_dir, tiny_tokenizer):
+    processor = video_processor(tiny_tokenizer)
+    spec = DatasetSpec(video_dir / "videos.json", video_folder=video_dir / "videos")
+    dataset = LlavaDataset([spec], processor, None)
+    clip = dataset[0]
+    reference = processor.encode_conversation(VIDEO_GOOD[0]["conversations"], videos=[video_dir / "videos" / "frames"])
+    for key in ("input_ids", "labels", "pixel_values_videos", "video_num_frames"):
+        assert torch.equal(clip[key], reference[key]), key
+    assert clip["video_num_frames"].tolist() == [4] and clip["pixel_values"] is None
+    both = dataset[1]
+    assert both["pixel_values"].shape == (1, 3, 32, 32) and both["video_num_frames"].tolist() == [4]
+    assert int((both["input_ids"] == processor.video_token_id).sum()) == processor.video.num_tokens(4)
+    # Bad videos are counted skips with their reasons, the same in training and in the check.
+    skipped = {dataset[i]["sample_id"]: dataset[i]["skipped"] for i in range(2, len(dataset))}
+    assert {sample_id: reason.split(":")[0] for sample_id, reason in skipped.items()} == {
+        sample_id: category for sample_id, (_, category) in VIDEO_BAD.items()
+    }
+    assert str(video_dir / "videos" / "nowhere") in skipped["missing-video"]
+    assert "holds no frame images" in skipped["no-frames"]
+    assert "0 <video> placeholder(s) but 1 video(s)" in skipped["no-placeholder"]
+    report = check_data([spec], processor, None)
+    assert report.bad_samples == list(skipped.items())
+    assert (report.num_good, report.num_videos, report.num_images, report.num_text_only) == (2, 2, 1, 0)
+    assert report.num_tokens == len(clip["input_ids"]) + len(both["input_ids"])
+    assert "videos" in report.render(width=200)
+    # Without a processor the files are still checked; `<video>` in a record without videos is plain
+    # text then (as for a model without video input), so "placeholder-only" passes.
+    unchecked = [bad for bad in report.bad_samples if bad[0] != "placeholder-only"]
+    assert check_data([spec], None, None).bad_samples == unchecked
+    # A model without video input cannot take video records.
+    fixed = LlavaKitProcessor.from_model_config(
+        tiny_tokenizer, tiny_llava_config(tiny_tokenizer.convert_tokens_to_ids("<image>")), "vicuna_v1"
+    )
+    assert LlavaDataset([spec], fixed, None)[0]["skipped"].startswith("unsupported: video samples need")
+
+
+def test_video_files_decode_or_are_skipped_as_corrupt(tmp_path, tiny_tokenizer):
+    av = pytest.importorskip("av")
+    with av.open(str(tmp_path / "clip.mp4"), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for level in range(0, 200, 20):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), level, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x01 not a video " * 40)
+    records = [
+        {"id": "file", "video": "clip.mp4", "conversations": chat("<video>\nWhat?", "Grey.")},
+        {"id": "broken", "video": "broken.mp4", "conversations": chat("<video>\nWhat?", "Grey.")},
+    ]
+    (tmp_path / "data.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    processor = video_processor(tiny_tokenizer, max_frames=3)
+    dataset = LlavaDataset([DatasetSpec(tmp_path / "data.jsonl")], processor, None)
+    reference = processor.encode_conversation(records[0]["conversations"], videos=[tmp_path / "clip.mp4"])
+    assert torch.equal(dataset[0]["pixel_values_videos"], reference["pixel_values_videos"])
+    assert dataset[0]["video_num_frames"].tolist() == [3]
+    assert dataset[1]["skipped"].startswith("corrupt video: video file") and "broken.mp4" in dataset[1]["skipped"]
+
+
+# ---- length estimates in the grid and video modes --------------------------------------------
+
+
+def words(record) -> int:
+    return sum(len(turn["value"].split()) for turn in record["conversations"])
+
+
+def visual_tokens(processor, encoded) -> int:
+    ids = encoded["input_ids"].tolist()
+    return ids.count(processor.image_token_id) + (ids.count(processor.video_token_id) if processor.video else 0)
+
+
+def test_modality_lengths_use_the_real_grid_and_video_token_counts(tmp_path, tiny_tokenizer):
+    config = tiny_llava_config(
+        tiny_tokenizer.convert_tokens_to_ids("<image>"),
+        image_mode="anyres",
+        video_token_id=tiny_tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    processor = LlavaKitProcessor.from_model_config(
+        tiny_tokenizer, config, "vicuna_v1", video_sampling=FrameSampling(max_frames=4)
+    )
+    write_image(tmp_path / "wide.png", 0, size=(90, 30))
+    write_image(tmp_path / "tall.png", 1, size=(20, 70))
+    rotated = Image.fromarray(np.random.default_rng(2).integers(0, 256, (30, 90, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 90x30, shown 30x90 after rotation
+    rotated.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    whole = (tmp_path / "wide.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])  # header intact, pixels cut
+    write_frames(tmp_path / "frames", 6)
+    records = [
+        {"id": "wide", "image": "wide.png", "conversations": chat("<image>\nWhat is this?", "Noise.")},
+        {"id": "rotated", "image": "rotated.jpg", "conversations": chat("<image>\nAnd this?", "Noise too.")},
+        {"id": "two", "image": ["wide.png", "tall.png"], "conversations": chat("<image> <image> Compare.", "Same.")},
+        {"id": "clip", "video": "frames", "conversations": chat("<video>\nWhat happens?", "It gets red.")},
+        {"id": "cut", "image": "cut.png", "conversations": chat("<image>\nWhat?", "Noise.")},
+        {"id": "gone", "image": "gone.png", "conversations": chat("<image>\nWhat?", "Noise.")},
+        {"id": "text", "conversations": chat("Hi there?", "Hello.")},
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    dataset = LlavaDataset([DatasetSpec(tmp_path / "data.json")], processor, None)
+    lengths = dataset.modality_lengths
+    for index in range(4):  # decodable samples: the estimate's visual part is exactly the encoding's
+        assert lengths[index] == words(records[index]) + visual_tokens(processor, dataset[index]), records[index]["id"]
+    assert lengths[0] > words(records[0]) + processor.image_token_count(base_only=True)  # more than base-only
+    assert dataset[4]["skipped"].startswith("corrupt image")
+    assert lengths[4] == words(records[4]) + processor.image_token_count((30, 90))  # from the header alone
+    assert lengths[5] == words(records[5]) + processor.image_token_count(base_only=True)  # unreadable: base-only
+    assert lengths[6] == -words(records[6])
+    assert dataset.modality_lengths == lengths
+
+
+def test_modality_lengths_count_multi_image_samples_at_base_resolution(tmp_path, tiny_tokenizer):
+    config = tiny_llava_config(
+        tiny_tokenizer.convert_tokens_to_ids("<image>"),
+        vision="siglip",
+        text="qwen2",
+        vision_feature_select_strategy="full",
+        image_mode="anyres_max_2",
+    )
+    processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, "chatml")
+    write_image(tmp_path / "a.png", 0, size=(90, 30))
+    write_image(tmp_path / "b.png", 1, size=(40, 64))
+    records = [
+        {"id": "one", "image": "a.png", "conversations": chat("<image>\nWhat?", "Noise.")},
+        {"id": "two", "image": ["a.png", "b.png"], "conversations": chat("<image>\n<image>\nCompare.", "Same.")},
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    dataset = LlavaDataset([DatasetSpec(tmp_path / "data.json")], processor, None)
+    base = processor.image_token_count(base_only=True)
+    assert dataset.modality_lengths[1] == words(records[1]) + 2 * base
+    assert dataset[1]["image_num_crops"].tolist() == [1, 1]
+    for index, record in enumerate(records):
+        assert dataset.modality_lengths[index] == words(record) + visual_tokens(processor, dataset[index])

@@ -1,14 +1,20 @@
 """Training batches: right padding, packing, and modality-length grouped sampling.
 
 Both collators take the items of `LlavaDataset` (`input_ids`, `labels`, `attention_mask`,
-`pixel_values`, `sample_id`), drop the bad ones (`{"skipped": reason, "sample_id": id}`) and
-list them under `skipped_samples` as (sample_id, reason) pairs; the trainer pops that key
-before the forward pass, counts and reports it. A batch whose every item was skipped holds
-only `skipped_samples`: there is nothing to run, so the trainer must skip that step.
+`pixel_values`, `sample_id`, and in the grid and video modes `image_sizes`, `image_num_crops`,
+`pixel_values_videos`, `video_num_frames`), drop the bad ones (`{"skipped": reason,
+"sample_id": id}`) and list them under `skipped_samples` as (sample_id, reason) pairs; the
+trainer pops that key before the forward pass, counts and reports it. A batch whose every item
+was skipped holds only `skipped_samples`: there is nothing to run, so the trainer must skip
+that step.
 
-`pixel_values` are concatenated in the order the samples' `<image>` tokens appear in the
-batch (row by row), which is the order the model scatters image features in; None when no
-sample has an image.
+The visual tensors are joined along their first dimension in the order the samples' `<image>`
+/ `<video>` tokens appear in the batch (row by row), which is the order the model scatters
+features in: every image's crops stay together with its `image_sizes` row and
+`image_num_crops` entry, every video's frames with its `video_num_frames` entry.
+`pixel_values` is None when no sample has an image; the other visual keys appear only when
+some sample has them. Each sample's layout is checked against its own pixels first, because
+one wrong count would shift the features of every later sample in the batch.
 
 Packing puts several samples in one row with `position_ids` restarting at 0 for each, no
 `attention_mask`, and `use_cache=False`. From those position ids transformers itself builds a
@@ -31,13 +37,24 @@ from torch.utils.data import Sampler
 from llavakit.data.processor import IGNORE_INDEX
 
 _TOKEN_KEYS = ("input_ids", "labels", "attention_mask")
-_KNOWN_KEYS = frozenset({*_TOKEN_KEYS, "pixel_values", "sample_id"})
+# Visual tensors, joined along their first dimension; `pixel_values` is always in a batch.
+_VISUAL_KEYS = ("pixel_values", "image_sizes", "image_num_crops", "pixel_values_videos", "video_num_frames")
+# Per-sample layout keys and the pixel tensor whose rows each one describes.
+_LAYOUT_KEYS = {
+    "image_sizes": "pixel_values",
+    "image_num_crops": "pixel_values",
+    "video_num_frames": "pixel_values_videos",
+}
+_KNOWN_KEYS = frozenset({*_TOKEN_KEYS, *_VISUAL_KEYS, "sample_id"})
 
 SkippedSamples = list[tuple[str, str]]
 
 
 def split_skipped(features: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], SkippedSamples]:
-    """The good items, and (sample_id, reason) for the skipped ones; unknown keys raise (nothing is dropped unseen)."""
+    """The good items, and (sample_id, reason) for the skipped ones; unknown keys raise (nothing is dropped unseen).
+
+    Good items come back with flat videos and their frame counts, their layouts checked.
+    """
     kept, skipped = [], []
     for feature in features:
         if "skipped" in feature:
@@ -49,8 +66,87 @@ def split_skipped(features: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[s
                 f"sample {feature.get('sample_id')!r} has keys the collator does not know how to batch: "
                 f"{sorted(unknown)}"
             )
-        kept.append(feature)
+        kept.append(_flat_videos(feature))
+        _check_layout(kept[-1])
     return kept, skipped
+
+
+def _has(feature: Mapping[str, Any], key: str) -> bool:
+    value = feature.get(key)
+    return value is not None and len(value) > 0
+
+
+def _flat_videos(feature: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The sample's videos as flat frames with explicit counts. The model reads flat frames without
+    counts as one video; joined with another sample's frames they would become one long video."""
+    if not _has(feature, "pixel_values_videos"):
+        return feature
+    videos = torch.as_tensor(feature["pixel_values_videos"])
+    if videos.dim() == 5:  # (videos, frames, 3, S, S)
+        counts = torch.full((videos.shape[0],), videos.shape[1], dtype=torch.long)
+        return {**feature, "pixel_values_videos": videos.flatten(0, 1), "video_num_frames": counts}
+    if feature.get("video_num_frames") is None:
+        return {**feature, "video_num_frames": torch.tensor([videos.shape[0]], dtype=torch.long)}
+    return feature
+
+
+def _check_count(feature: Mapping[str, Any], counts_key: str, pixels_key: str) -> None:
+    counts = feature.get(counts_key)
+    if counts is None:
+        return
+    rows = len(feature[pixels_key]) if _has(feature, pixels_key) else 0
+    counts = torch.as_tensor(counts).reshape(-1)
+    if int(counts.sum()) != rows:
+        raise ValueError(
+            f"sample {feature.get('sample_id')!r}: {counts_key} {counts.tolist()} adds up to {int(counts.sum())}, "
+            f"but its {pixels_key} holds {rows}"
+        )
+
+
+def _check_layout(feature: Mapping[str, Any]) -> None:
+    """A sample's crop and frame counts must add up to its own pixels (see the module docstring)."""
+    if _has(feature, "pixel_values") and torch.as_tensor(feature["pixel_values"]).dim() != 4:
+        shape = tuple(torch.as_tensor(feature["pixel_values"]).shape)
+        raise ValueError(
+            f"sample {feature.get('sample_id')!r}: pixel_values must be flat (crops, 3, H, W), as the processor "
+            f"gives them, to be joined with other samples' crops; got {shape}"
+        )
+    _check_count(feature, "image_num_crops", "pixel_values")
+    _check_count(feature, "video_num_frames", "pixel_values_videos")
+    sizes, crops = feature.get("image_sizes"), feature.get("image_num_crops")
+    if sizes is not None and crops is not None and len(sizes) != len(crops):
+        raise ValueError(f"sample {feature.get('sample_id')!r}: {len(sizes)} image_sizes but {len(crops)} image_num_crops")
+
+
+def _check_same_layout(features: Sequence[Mapping[str, Any]]) -> None:
+    """A layout key that some samples with pixels carry and others lack cannot be joined in order."""
+    for key, pixels in _LAYOUT_KEYS.items():
+        with_pixels = [f for f in features if _has(f, pixels)]
+        lacking = [f for f in with_pixels if f.get(key) is None]
+        if lacking and len(lacking) != len(with_pixels):
+            raise ValueError(
+                f"sample {lacking[0].get('sample_id')!r} has {pixels} but no {key}, unlike others in the batch; "
+                "encode every sample with the same processor"
+            )
+
+
+def _join(features: Sequence[Mapping[str, Any]], key: str) -> torch.Tensor | None:
+    parts = [torch.as_tensor(f[key]) for f in features if _has(f, key)]
+    return torch.cat(parts) if parts else None
+
+
+def visual_batch(features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor | None]:
+    """The samples' visual tensors joined in the given order (the order of their placeholders in the batch).
+
+    `pixel_values` is always there (None without images); each other key only when some sample has it.
+    """
+    _check_same_layout(features)
+    batch: dict[str, torch.Tensor | None] = {}
+    for key in _VISUAL_KEYS:
+        joined = _join(features, key)
+        if joined is not None or key == "pixel_values":
+            batch[key] = joined
+    return batch
 
 
 def _tokens(feature: Mapping[str, Any], key: str) -> torch.Tensor:
@@ -70,11 +166,6 @@ def _drop_over_length(features, max_length: int | None, skipped: SkippedSamples)
         else:
             kept.append(feature)
     return kept
-
-
-def _concat_pixels(features: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
-    pixels = [f["pixel_values"] for f in features if f.get("pixel_values") is not None and len(f["pixel_values"])]
-    return torch.cat([torch.as_tensor(p) for p in pixels]) if pixels else None
 
 
 def _round_up(length: int, multiple: int | None) -> int:
@@ -109,7 +200,7 @@ class PaddingCollator:
                 values = _tokens(feature, key) if key in feature else torch.ones(len(_tokens(feature, "input_ids")))
                 rows[row, : len(values)] = values
             batch[key] = rows
-        batch["pixel_values"] = _concat_pixels(features)
+        batch.update(visual_batch(features))
         batch["skipped_samples"] = skipped
         return batch
 
@@ -183,7 +274,8 @@ class PackingCollator:
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_ids,
-            "pixel_values": _concat_pixels([features[i] for row in rows for i in row]),
+            # Row by row, each row in its samples' order: the order of the placeholders in `input_ids`.
+            **visual_batch([features[i] for row in rows for i in row]),
             "use_cache": False,
         }
         if self.return_flash_attn_kwargs:
@@ -284,4 +376,5 @@ __all__ = [
     "first_fit",
     "modality_length_grouped_indices",
     "split_skipped",
+    "visual_batch",
 ]

@@ -7,16 +7,21 @@ A record looks like the LLaVA releases' (`llava_v1_5_mix665k.json`, `blip_laion_
                        {"from": "gpt", "value": "A bus."}]}
 
 `image` is one path or a list of paths, relative to the dataset's image folder (one `<image>`
-placeholder per image, in order); a record without `image` is text-only. Files are a JSON
+placeholder per image, in order; several images make a multi-image sample). `video` (as in
+LLaVA-OneVision's data) is a video file or a folder of frames, or a list of them, relative to
+the dataset's video folder (default: the image folder), one `<video>` placeholder each; it
+needs a model with a `video_token_id`. A record with neither is text-only. Files are a JSON
 list (`.json`) or one record per line (`.jsonl`).
 
 Nothing is silently lost. Every record is checked the same way by `llavakit data check`
 (`check_data`, all at once, with a report) and by training (`LlavaDataset.__getitem__`, lazily:
-images are opened only when a sample is drawn). A bad sample gets one reason of the form
+images and videos are decoded only when a sample is drawn; the length estimates that group
+batches read image headers at most). A bad sample gets one reason of the form
 `category: detail`, with category one of:
 
     malformed JSON, malformed record, malformed turns, empty turn, <image> count mismatch,
-    missing image, corrupt image, over max length, unsupported, encoding failed
+    <video> count mismatch, missing image, corrupt image, missing video, corrupt video,
+    over max length, unsupported, encoding failed
 
 In training the sample comes back as `{"skipped": reason, "sample_id": id}`; the collators
 drop it from the batch and list it under `skipped_samples`, so the trainer counts and reports it.
@@ -47,6 +52,7 @@ from torch.utils.data import Dataset
 from llavakit.data.images import load_image
 from llavakit.data.processor import IGNORE_INDEX, LlavaKitProcessor
 from llavakit.data.templates import IMAGE_PLACEHOLDER, normalize_conversation
+from llavakit.data.video import FrameSampling, load_video
 
 # A record that could not be read (a malformed JSONL line, a list item that is not an object)
 # is kept in its place as {"id": ..., LOAD_ERROR_KEY: reason}, so it is counted and reported
@@ -54,6 +60,8 @@ from llavakit.data.templates import IMAGE_PLACEHOLDER, normalize_conversation
 LOAD_ERROR_KEY = "_load_error"
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+VIDEO_PLACEHOLDER = "<video>"
+_EXIF_ORIENTATION = 0x0112
 
 T = TypeVar("T")
 
@@ -71,6 +79,7 @@ class DatasetSpec:
     """One dataset of a mixture.
 
     `image_folder`: where relative image paths start (default: the data file's folder).
+    `video_folder`: where relative video paths start (default: the image folder).
     `fraction`: share of the records kept, drawn at random without replacement (seeded by the
     dataset's seed and position in the mixture), file order preserved.
     `response_format_prompt`: appended to every human turn after a newline (once).
@@ -82,6 +91,7 @@ class DatasetSpec:
     fraction: float = 1.0
     response_format_prompt: str | None = None
     name: str | None = None
+    video_folder: str | Path | None = None
 
     def __post_init__(self):
         if not 0.0 < float(self.fraction) <= 1.0:
@@ -92,6 +102,10 @@ class DatasetSpec:
     @property
     def images_root(self) -> Path:
         return Path(self.image_folder) if self.image_folder is not None else Path(self.path).parent
+
+    @property
+    def videos_root(self) -> Path:
+        return Path(self.video_folder) if self.video_folder is not None else self.images_root
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -178,15 +192,24 @@ def add_response_format_prompt(conversation: Sequence[Mapping[str, Any]], prompt
     return turns
 
 
-def image_paths(record: Mapping[str, Any], image_folder: str | Path) -> list[Path]:
-    """The record's images as paths under `image_folder` (absolute paths are kept)."""
-    value = record.get("image")
+def _record_paths(record: Mapping[str, Any], key: str, folder: str | Path) -> list[Path]:
+    value = record.get(key)
     if value is None:
         return []
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
-        raise BadSampleError("malformed record", f"'image' must be a path or a list of paths, got {value!r}")
-    return [Path(image_folder) / name for name in names]
+        raise BadSampleError("malformed record", f"{key!r} must be a path or a list of paths, got {value!r}")
+    return [Path(folder) / name for name in names]
+
+
+def image_paths(record: Mapping[str, Any], image_folder: str | Path) -> list[Path]:
+    """The record's images as paths under `image_folder` (absolute paths are kept)."""
+    return _record_paths(record, "image", image_folder)
+
+
+def video_paths(record: Mapping[str, Any], video_folder: str | Path) -> list[Path]:
+    """The record's videos (files or frame folders) as paths under `video_folder` (absolute paths are kept)."""
+    return _record_paths(record, "video", video_folder)
 
 
 def _turn_texts(conversation: list[dict[str, Any]]) -> list[str]:
@@ -207,8 +230,6 @@ def _checked_conversation(record: Any, response_format_prompt: str | None) -> li
     if LOAD_ERROR_KEY in record:
         category, _, detail = str(record[LOAD_ERROR_KEY]).partition(": ")
         raise BadSampleError(category, detail)
-    if "video" in record:
-        raise BadSampleError("unsupported", "video samples are not supported by LlavaDataset")
     conversation = record.get("conversations")
     if not isinstance(conversation, list):
         raise BadSampleError("malformed turns", "the record has no 'conversations' list")
@@ -236,31 +257,70 @@ def _load_images(paths: list[Path]) -> list[Image.Image]:
     return images
 
 
+def _load_videos(paths: list[Path], sampling: FrameSampling) -> list[list[Image.Image]]:
+    """Each video's sampled frames, decoded here (as images are) so a bad file is a counted skip."""
+    videos = []
+    for path in paths:
+        if not path.exists():
+            raise BadSampleError("missing video", f"{path} does not exist")
+        try:
+            videos.append(load_video(path, sampling))
+        except ValueError as error:
+            raise BadSampleError("corrupt video", str(error)) from None
+    return videos
+
+
+def _has_video_layout(processor: LlavaKitProcessor | None) -> bool:
+    return processor is not None and processor.video is not None
+
+
+def _check_placeholders(texts: list[str], images: int, videos: int, processor: LlavaKitProcessor | None) -> None:
+    """One `<image>` per image and one `<video>` per video; videos need a model that takes them.
+
+    `<video>` is counted only where it can be a placeholder (a video record, or a processor
+    with a video layout); elsewhere it is plain text, as the processor reads it.
+    """
+    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+    if placeholders != images:
+        raise BadSampleError(
+            "<image> count mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {images} image(s)"
+        )
+    if videos and processor is not None and processor.video is None:
+        raise BadSampleError("unsupported", "video samples need a model with a video_token_id")
+    if videos or _has_video_layout(processor):
+        token = processor.video_token if _has_video_layout(processor) else VIDEO_PLACEHOLDER
+        placeholders = sum(text.count(token) for text in texts)
+        if placeholders != videos:
+            raise BadSampleError("<video> count mismatch", f"{placeholders} {token} placeholder(s) but {videos} video(s)")
+
+
 def encode_record(
     record: Any,
     image_folder: str | Path,
     processor: LlavaKitProcessor | None,
     max_length: int | None,
     response_format_prompt: str | None = None,
+    video_folder: str | Path | None = None,
 ) -> dict[str, Any]:
     """Check and encode one record; raises `BadSampleError` with the first problem found.
 
-    Checks, in order: record and turn structure, `<image>` count against the images, image
-    files (exist, decode), then (with a processor) tokenization and `max_length`. Without a
-    processor only the first three run and an empty dict is returned.
+    Checks, in order: record and turn structure, `<image>` / `<video>` counts against the
+    images and videos (and that the processor takes videos), image files (exist, decode),
+    video files or frame folders (exist, decode with the processor's frame sampling), then
+    (with a processor) tokenization and `max_length`. Without a processor only the checks
+    before tokenization run and an empty dict is returned. `video_folder` defaults to `image_folder`.
     """
     conversation = _checked_conversation(record, response_format_prompt)
     paths = image_paths(record, image_folder)
-    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for text in _turn_texts(conversation))
-    if placeholders != len(paths):
-        raise BadSampleError(
-            "<image> count mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(paths)} image(s)"
-        )
+    clips = video_paths(record, image_folder if video_folder is None else video_folder)
+    _check_placeholders(_turn_texts(conversation), len(paths), len(clips), processor)
     images = _load_images(paths)
+    sampling = processor.video.sampling if _has_video_layout(processor) else FrameSampling()
+    videos = _load_videos(clips, sampling)
     if processor is None:
         return {}
     try:
-        encoded = processor.encode_conversation(conversation, images=images)
+        encoded = processor.encode_conversation(conversation, images=images, videos=videos)
     except ValueError as error:
         raise BadSampleError("encoding failed", str(error)) from None
     length = int(encoded["input_ids"].shape[0])
@@ -275,27 +335,92 @@ def validate_record(
     processor: LlavaKitProcessor | None,
     max_length: int | None,
     response_format_prompt: str | None = None,
+    video_folder: str | Path | None = None,
 ) -> str | None:
     """Why `record` cannot be trained on (`category: detail`), or None when it is fine."""
     try:
-        encode_record(record, image_folder, processor, max_length, response_format_prompt)
+        encode_record(record, image_folder, processor, max_length, response_format_prompt, video_folder)
     except BadSampleError as error:
         return error.reason
     return None
 
 
-def estimate_length(record: Any, num_image_tokens: int) -> int:
-    """Cheap length for grouping, without opening images: words + image tokens; negative if text-only.
+def _visual_count(record: Mapping[str, Any], key: str) -> int:
+    value = record.get(key)
+    return 0 if not value else 1 if isinstance(value, str) else len(value) if isinstance(value, list) else 0
 
-    Never 0 (the sign carries the modality), so unreadable records count as 1-token text.
+
+def estimate_length(record: Any, num_image_tokens: int, visual_tokens: int | None = None) -> int:
+    """Cheap length for grouping, without decoding: words + visual tokens; negative if text-only.
+
+    `visual_tokens`: the record's image and video tokens when the caller knows them
+    (`estimate_visual_tokens`); default `num_image_tokens` per image or video. Never 0 (the
+    sign carries the modality), so unreadable records count as 1-token text.
     """
     if not isinstance(record, Mapping) or not isinstance(record.get("conversations"), list):
         return -1
     turns = [turn for turn in record["conversations"] if isinstance(turn, Mapping)]
     words = sum(len(text.split()) for text in _turn_texts(turns))
-    value = record.get("image")
-    count = 0 if not value else 1 if isinstance(value, str) else len(value) if isinstance(value, list) else 0
-    return words + count * num_image_tokens if count else -max(words, 1)
+    count = _visual_count(record, "image") + _visual_count(record, "video")
+    if not count:
+        return -max(words, 1)
+    return max(words + (count * num_image_tokens if visual_tokens is None else visual_tokens), 1)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation the header carries (PIL's `getexif` would decode a PNG to look further;
+    a TIFF's size is already rotated when PIL opens it)."""
+    exif = image.info.get("exif")
+    if not isinstance(exif, bytes):
+        return 1
+    tags = Image.Exif()
+    tags.load(exif)
+    return int(tags.get(_EXIF_ORIENTATION, 1))
+
+
+def image_header_size(path: str | Path) -> tuple[int, int] | None:
+    """An image's (height, width) as `load_image` will give it (EXIF rotation applied), read from
+    its header only: PIL opens files lazily, so no pixel is decoded. None when unreadable."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = _orientation(image)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def _image_tokens(processor: LlavaKitProcessor, path: Path, base_only: bool) -> int:
+    if processor.highres is None or base_only:
+        return processor.image_token_count(base_only=True)
+    size = image_header_size(path)
+    return processor.image_token_count(size) if size is not None else processor.image_token_count(base_only=True)
+
+
+def estimate_visual_tokens(
+    record: Any, image_folder: str | Path, processor: LlavaKitProcessor, video_folder: str | Path | None = None
+) -> int:
+    """The record's `<image>` and `<video>` tokens as `processor` will write them, without decoding.
+
+    Grid modes: each image's grid token count from its header size (base-only for the images
+    of a multi-image sample when the layout says so; an unreadable image counts as base-only).
+    Videos: the tokens of `max_frames` frames, the most the processor's sampling keeps.
+    """
+    if not isinstance(record, Mapping):
+        return 0
+    try:
+        images = image_paths(record, image_folder)
+        videos = video_paths(record, image_folder if video_folder is None else video_folder)
+    except BadSampleError:
+        return 0
+    highres = processor.highres
+    base_only = highres is not None and highres.multi_image_base_only and len(images) > 1
+    tokens = sum(_image_tokens(processor, path, base_only) for path in images)
+    if videos:
+        video = processor.video
+        per_video = video.num_tokens(video.sampling.max_frames) if video is not None else processor.num_image_tokens
+        tokens += len(videos) * per_video
+    return tokens
 
 
 # ---- the mixture ----------------------------------------------------------------------------
@@ -330,8 +455,10 @@ class LlavaDataset(Dataset):
     """A torch Dataset over a mixture of LLaVA-format datasets; images are read in `__getitem__`.
 
     Item `i` is the processor's encoding (`input_ids`, `labels`, `attention_mask`,
-    `pixel_values`) plus `sample_id`, or `{"skipped": reason, "sample_id": id}` for a bad
-    sample (see the module docstring). Records are parsed once, up front; nothing else is.
+    `pixel_values`, and in the grid and video modes `image_sizes`, `image_num_crops`,
+    `pixel_values_videos`, `video_num_frames`) plus `sample_id`, or `{"skipped": reason,
+    "sample_id": id}` for a bad sample (see the module docstring). Records are parsed once, up
+    front; nothing else is.
     """
 
     def __init__(
@@ -344,6 +471,7 @@ class LlavaDataset(Dataset):
         self.max_length = max_length
         self.seed = seed
         self._entries, self.records_per_dataset = _mixture(self.specs, seed)
+        self._modality_lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -359,7 +487,12 @@ class LlavaDataset(Dataset):
         spec = self.specs[entry.spec_index]
         try:
             encoded = encode_record(
-                entry.record, spec.images_root, self.processor, self.max_length, spec.response_format_prompt
+                entry.record,
+                spec.images_root,
+                self.processor,
+                self.max_length,
+                spec.response_format_prompt,
+                spec.videos_root,
             )
         except BadSampleError as error:
             return {"skipped": error.reason, "sample_id": entry.sample_id}
@@ -367,9 +500,19 @@ class LlavaDataset(Dataset):
 
     @property
     def modality_lengths(self) -> list[int]:
-        """Estimated lengths, positive for samples with images and negative for text-only ones."""
-        tokens = self.processor.num_image_tokens
-        return [estimate_length(entry.record, tokens) for entry in self._entries]
+        """Estimated lengths, positive for samples with images or videos and negative for text-only ones.
+
+        Visual tokens are the processor's real counts (`estimate_visual_tokens`); in the grid
+        modes that reads every image's header once, so the result is kept.
+        """
+        if self._modality_lengths is None:
+            self._modality_lengths = [self._estimate_length(entry) for entry in self._entries]
+        return list(self._modality_lengths)
+
+    def _estimate_length(self, entry: _Entry) -> int:
+        spec = self.specs[entry.spec_index]
+        visual = estimate_visual_tokens(entry.record, spec.images_root, self.processor, spec.videos_root)
+        return estimate_length(entry.record, self.processor.num_image_tokens, visual)
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -385,6 +528,7 @@ class DatasetStats:
     samples: int = 0
     good: int = 0
     images: int = 0
+    videos: int = 0
     text_only: int = 0
     tokens: int = 0
     answer_tokens: int = 0
@@ -420,6 +564,10 @@ class DataReport:
         return self._total("images")
 
     @property
+    def num_videos(self) -> int:
+        return self._total("videos")
+
+    @property
     def num_text_only(self) -> int:
         return self._total("text_only")
 
@@ -443,19 +591,21 @@ class DataReport:
         """The report as text tables (rich)."""
         console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None)
         counts = Table(title="datasets")
-        columns = ["dataset", "records", "samples", "good", "bad", "images", "text-only"]
+        columns = ["dataset", "records", "samples", "good", "bad", "images", "videos", "text-only"]
         if self.tokens_counted:
             columns += ["tokens", "answer tokens", "longest"]
         for column in columns:
             counts.add_column(column, justify="left" if column == "dataset" else "right")
         rows = [
-            (s.name, s.records, s.samples, s.good, s.bad, s.images, s.text_only, s.tokens, s.answer_tokens, s.longest)
+            (s.name, s.records, s.samples, s.good, s.bad, s.images, s.videos, s.text_only, s.tokens,
+             s.answer_tokens, s.longest)
             for s in self.datasets
         ]
         if len(self.datasets) > 1:
             longest = max((s.longest for s in self.datasets), default=0)
             rows.append(("total", self._total("records"), self.num_samples, self.num_good, self._total("bad"),
-                         self.num_images, self.num_text_only, self.num_tokens, self.num_answer_tokens, longest))
+                         self.num_images, self.num_videos, self.num_text_only, self.num_tokens,
+                         self.num_answer_tokens, longest))
         for row in rows:
             counts.add_row(*(Text(str(value)) for value in row[: len(columns)]))
         console.print(counts)
@@ -481,10 +631,10 @@ class DataReport:
 def check_data(
     specs: Sequence[DatasetSpec], processor: LlavaKitProcessor | None, max_length: int | None, seed: int = 0
 ) -> DataReport:
-    """Check every sample of the mixture as training would, and count samples, images and tokens.
+    """Check every sample of the mixture as training would, and count samples, images, videos and tokens.
 
-    Without a processor, structure and images are still checked but tokens are not counted
-    (and `max_length` cannot be checked).
+    Without a processor, structure, images and videos are still checked (videos sampled with
+    the default `FrameSampling`) but tokens are not counted (and `max_length` cannot be checked).
     """
     specs = list(specs)
     entries, totals = _mixture(specs, seed)
@@ -494,14 +644,18 @@ def check_data(
         spec, counts = specs[entry.spec_index], stats[entry.spec_index]
         counts.samples += 1
         try:
-            encoded = encode_record(entry.record, spec.images_root, processor, max_length, spec.response_format_prompt)
+            encoded = encode_record(
+                entry.record, spec.images_root, processor, max_length, spec.response_format_prompt, spec.videos_root
+            )
         except BadSampleError as error:
             report.bad_samples.append((entry.sample_id, error.reason))
             continue
         counts.good += 1
         images = len(image_paths(entry.record, spec.images_root))
+        videos = len(video_paths(entry.record, spec.videos_root))
         counts.images += images
-        counts.text_only += images == 0
+        counts.videos += videos
+        counts.text_only += images + videos == 0
         if encoded:
             length = int(encoded["input_ids"].shape[0])
             counts.tokens += length
@@ -513,6 +667,7 @@ def check_data(
 __all__ = [
     "LOAD_ERROR_KEY",
     "SHORT_ANSWER_PROMPT",
+    "VIDEO_PLACEHOLDER",
     "BadSampleError",
     "DataReport",
     "DatasetSpec",
@@ -523,7 +678,10 @@ __all__ = [
     "downsample",
     "encode_record",
     "estimate_length",
+    "estimate_visual_tokens",
+    "image_header_size",
     "image_paths",
     "load_records",
     "validate_record",
+    "video_paths",
 ]

@@ -99,6 +99,20 @@ def _where(sample_id: Any) -> str:
     return f"sample {sample_id!r}" if sample_id is not None else "the conversation"
 
 
+def _tokenizer_config_hint(directory: Path) -> dict[str, Any]:
+    """The language model's config for AutoTokenizer when the folder holds a llavakit model.
+
+    AutoTokenizer reads `config.json` to find a tokenizer class; a `llavakit` model type is
+    not in its tables, so hand it the text config instead (its model type is).
+    """
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        return {}
+    if json.loads(config_path.read_text()).get("model_type") != LlavaKitConfig.model_type:
+        return {}
+    return {"config": LlavaKitConfig.from_pretrained(directory).text_config}
+
+
 class LlavaKitProcessor:
     """Template + tokenizer + image recipe + `<image>` (and `<video>`) expansion.
 
@@ -510,7 +524,7 @@ class LlavaKitProcessor:
         if not path.is_file():
             raise FileNotFoundError(f"{directory} has no {PROCESSOR_FILE}: not a llavakit processor folder")
         data = json.loads(path.read_text())
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **_tokenizer_config_hint(directory))
         return cls(
             tokenizer,
             data["template"],
