@@ -125,7 +125,9 @@ class OptimizationConfig:
 
     `global_batch_size` = `per_device_batch_size` x gradient accumulation x world size; the
     accumulation is computed from it (and must come out whole).
-    `lr` is the language model's rate; `connector_lr` / `vision_lr` default to it.
+    `lr` is the language model's rate; `connector_lr` / `vision_lr` default to it (vision: the
+    recipe's own lower rate when it has one). `warmup_ratio`: linear warmup over that share of
+    the steps, then `scheduler` (cosine, as LLaVA).
     `precision`: `auto` (bf16 where the GPU supports it, else fp32), `bf16`, `fp16`, `fp32`.
     """
 
@@ -150,13 +152,16 @@ class OptimizationConfig:
 class DistributedConfig:
     """Scale-out settings passed to transformers' Trainer (accelerate underneath).
 
+    Launch with `torchrun --nproc_per_node N -m llavakit.cli train CONFIG` (or `deepspeed`,
+    `accelerate launch`); the world size comes from the launcher.
     `deepspeed`: path of a DeepSpeed JSON (configs/deepspeed/zero2.json, zero3.json).
-    `fsdp` / `fsdp_config`: transformers' FSDP options, e.g. `full_shard auto_wrap` and
-    configs/fsdp/full_shard.json. `find_unused_parameters`: null = decided by the stage.
+    `fsdp`: true turns on PyTorch FSDP with `fsdp_config` (e.g. configs/fsdp/full_shard.json).
+    `find_unused_parameters`: DDP's flag; null = true when the vision tower trains (its last
+    layer never gets a gradient) or the connector trains on data with text-only samples.
     """
 
     deepspeed: str | None = None
-    fsdp: str | None = None
+    fsdp: bool = False
     fsdp_config: str | None = None
     ddp_backend: str | None = None
     find_unused_parameters: bool | None = None
@@ -166,9 +171,13 @@ class DistributedConfig:
 class OutputConfig:
     """Where the run goes and what it records.
 
-    `resume`: true continues from the newest complete `checkpoint-N` in `dir`; a path names one.
+    `save_steps`: a checkpoint every that many optimizer steps (0: none); each is written to a
+    staging folder and renamed into place, so `checkpoint-N` is always complete.
+    `resume`: true continues from the newest `checkpoint-N` in `dir`; a path names one.
     `report_to`: `auto` (TensorBoard / wandb when installed), `none`, or a list.
-    `merge_lora`: also write the LoRA-merged full model at the end.
+    `progress_bar`: Trainer's tqdm bar with the latest loss; the per-step log dicts are never printed.
+    `plot`: write `loss.png` (matplotlib) at the end.
+    `merge_lora`: also write the LoRA-merged full model to `dir/merged` at the end.
     """
 
     dir: str = "runs/llavakit"
@@ -177,6 +186,7 @@ class OutputConfig:
     logging_steps: int = 1
     report_to: str | list[str] = "auto"
     resume: bool | str = False
+    progress_bar: bool = True
     plot: bool = True
     merge_lora: bool = False
     run_name: str | None = None
@@ -214,13 +224,15 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        errors = []
+        choices = [o for o in options if o is not type(None)]
+        if len(choices) == 1:  # `X | None`: X's own message says best what is wrong
+            return _convert(value, choices[0], path)
         # Exact-kind matches first, so `1` stays an int in `int | list[int]` and `"x"` a str in `str | dict`.
-        for option in sorted((o for o in options if o is not type(None)), key=lambda o: _rank(value, o)):
+        for option in sorted(choices, key=lambda o: _rank(value, o)):
             try:
                 return _convert(value, option, path)
-            except ValueError as error:
-                errors.append(str(error))
+            except ValueError:
+                continue
         raise ValueError(f"config key '{_name(path)}': {value!r} matches none of {_type_name(tp)}")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):

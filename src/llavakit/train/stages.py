@@ -7,7 +7,8 @@ LLaVA trains in two stages (LLaVA-1.5's settings; `configs/` holds each paper's 
 | `pretrain` | frozen       | trains    | frozen         | 1e-3 (MLP), 2e-3 (linear)   | 256          | 1      |
 | `finetune` | frozen (a)   | trains    | trains (b)     | 2e-5 (LoRA: 2e-4, conn 2e-5)| 128          | 1      |
 
-(a) OneVision unfreezes the vision tower in stage 2 at its own, lower rate (`vision_lr`, e.g. 2e-6).
+(a) OneVision unfreezes the vision tower in stage 2 at its own, lower rate: `stage.train_vision=true`
+    trains it at `optimization.vision_lr` (the `finetune` default is OneVision's 2e-6).
 (b) `stage.lora.enabled`: adapters on the language model, the connector trains fully.
 
 `resolve_config` fills every null of a config from its stage recipe, so the run folder
@@ -43,6 +44,7 @@ class StageRecipe:
     epochs: float
     lr: float
     lr_linear_connector: float | None = None  # LLaVA's linear projection was aligned at a higher rate
+    vision_lr: float | None = None  # None: the language model's rate
     lora_lr: float = 2e-4
     lora_connector_lr: float = 2e-5
 
@@ -54,7 +56,7 @@ RECIPES = {
     ),
     "finetune": StageRecipe(
         "finetune", train_vision=False, train_connector=True, train_llm=True,
-        global_batch_size=128, epochs=1, lr=2e-5,
+        global_batch_size=128, epochs=1, lr=2e-5, vision_lr=2e-6,
     ),
 }
 
@@ -78,7 +80,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if stage.lora.quantize not in (None, "4bit", "8bit"):
         raise ValueError(f"stage.lora.quantize must be null, 4bit or 8bit, got {stage.lora.quantize!r}")
     if stage.lora.quantize and not stage.lora.enabled:
-        raise ValueError("stage.lora.quantize (QLoRA) needs stage.lora.enabled=true: a quantized model trains through adapters")
+        raise ValueError(
+            "stage.lora.quantize (QLoRA) needs stage.lora.enabled=true: a quantized model trains through adapters"
+        )
     if not (stage.train_vision or stage.train_connector or stage.train_llm):
         raise ValueError(f"stage {stage.name!r} trains nothing: set one of train_vision, train_connector, train_llm")
     if optim.global_batch_size is None:
@@ -95,7 +99,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if optim.connector_lr is None:
         optim.connector_lr = recipe.lora_connector_lr if stage.lora.enabled else optim.lr
     if optim.vision_lr is None:
-        optim.vision_lr = optim.lr
+        optim.vision_lr = recipe.vision_lr if recipe.vision_lr is not None else optim.lr
     return config
 
 
@@ -126,7 +130,9 @@ def part_of(parameter_name: str) -> str:
         return "connector"
     if "language_model." in parameter_name:
         return "llm"
-    raise ValueError(f"parameter {parameter_name!r} belongs to no known part (vision_tower, multi_modal_projector, language_model)")
+    raise ValueError(
+        f"parameter {parameter_name!r} belongs to no known part (vision_tower, multi_modal_projector, language_model)"
+    )
 
 
 @dataclass

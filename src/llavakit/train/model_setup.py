@@ -1,0 +1,288 @@
+"""The model and processor a training run starts from, and the weights a stage hands to the next.
+
+`build_model_and_processor(config)` reads the `model` and `data` sections:
+
+* `model.checkpoint`: a saved llavakit folder (weights + processor), e.g. a finished stage 2;
+* otherwise `model.vision` + `model.language` (hub names, local folders, or config dicts with
+  a `model_type` for random tiny models) composed with a fresh connector, and a tokenizer
+  (`model.tokenizer`: a name or folder, `tiny`, or null for the language model's own) that
+  gets the `<image>` token and a pad token if it lacks them;
+* then `model.connector_weights` (a stage-1 run folder, its `trainable.safetensors`, or an
+  original LLaVA `mm_projector.bin`) is loaded over the fresh connector, as LLaVA's
+  `--pretrain_mm_mlp_adapter` does.
+
+A stage that leaves the language model frozen saves only what trained
+(`trainable.safetensors`: parameter name -> tensor, plus `config.json` and the processor):
+megabytes instead of the whole LLM. LoRA / QLoRA wrap the model with peft, adapters on the
+language model's linear layers, the connector (and vision tower, when it trains) saved whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from llavakit.config import ModelConfig, StageConfig, TrainConfig
+from llavakit.data.processor import LlavaKitProcessor
+from llavakit.model.build import ModelSpec, build_model, load_vision_encoder
+from llavakit.model.configuration import LlavaKitConfig
+from llavakit.model.convert import llavakit_state_dict_from_original
+from llavakit.model.llava import LlavaKitForCausalLM
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
+
+
+# ---- tokenizer ---------------------------------------------------------------------------------
+
+
+def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
+    """`model.tokenizer` (a name or folder, or `tiny`), else the language model's own tokenizer."""
+    if model.tokenizer == "tiny":
+        from llavakit.tiny_tokenizer import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    source = model.tokenizer if model.tokenizer is not None else model.language
+    if not isinstance(source, str):
+        raise ValueError(
+            "model.tokenizer is required when model.language is a config dict: name a tokenizer folder, "
+            "a hub tokenizer, or `tiny`"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if not tokenizer.is_fast:
+        raise ValueError(f"tokenizer {source!r} has no fast version; training labels need character offsets")
+    return tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: str) -> int:
+    """Add `image_token` as one special token and a pad token when missing; return the image token id.
+
+    The pad token follows LLaVA: the unknown token when there is one (Vicuna / Llama), else EOS.
+    """
+    if image_token not in tokenizer.get_added_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        logger.info("added %s to the tokenizer as id %d", image_token, tokenizer.convert_tokens_to_ids(image_token))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+        if tokenizer.pad_token is None:
+            raise ValueError("the tokenizer has no pad, unk or eos token to pad batches with")
+    return int(tokenizer.convert_tokens_to_ids(image_token))
+
+
+# ---- model -------------------------------------------------------------------------------------
+
+
+def _torch_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"model.dtype must be a torch dtype name such as bfloat16 or float32, got {name!r}")
+    return dtype
+
+
+def _require_qlora_support(quantize: str) -> None:
+    """QLoRA loads the language model through bitsandbytes, which needs a CUDA GPU."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"stage.lora.quantize={quantize} (QLoRA) needs bitsandbytes: pip install 'llavakit[qlora]' "
+            "(and a CUDA GPU); or set stage.lora.quantize=null for plain LoRA"
+        ) from None
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"stage.lora.quantize={quantize} (QLoRA) needs a CUDA GPU: bitsandbytes quantized layers do not "
+            "train on this machine; set stage.lora.quantize=null for plain LoRA"
+        )
+
+
+def _quantized_language_model(source: str, quantize: str, dtype: torch.dtype | None) -> nn.Module:
+    from transformers import BitsAndBytesConfig
+
+    compute = dtype or torch.bfloat16
+    if quantize == "4bit":
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    return AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization, dtype=compute)
+
+
+def _compose(model: ModelConfig, image_token_id: int, quantize: str | None) -> LlavaKitForCausalLM:
+    dtype = _torch_dtype(model.dtype)
+    spec = ModelSpec(
+        vision=model.vision,
+        language=model.language,
+        image_token_id=image_token_id,
+        connector=model.connector,
+        vision_feature_layer=model.vision_feature_layer,
+        vision_feature_select_strategy=model.vision_feature_select_strategy,
+        dtype=model.dtype,
+    )
+    if not quantize:
+        return build_model(spec)
+    if not isinstance(model.language, str):
+        raise ValueError("stage.lora.quantize (QLoRA) needs model.language to name pretrained weights")
+    _require_qlora_support(quantize)
+    vision = load_vision_encoder(spec.vision, dtype)
+    language = _quantized_language_model(model.language, quantize, dtype)
+    config = LlavaKitConfig(
+        vision_config=vision.config,
+        text_config=language.config,
+        connector=spec.connector,
+        vision_feature_layer=spec.vision_feature_layer,
+        vision_feature_select_strategy=spec.vision_feature_select_strategy,
+        image_token_id=image_token_id,
+    )
+    return LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
+
+
+def _fit_embeddings(model: LlavaKitForCausalLM, vocabulary: int) -> None:
+    """Grow the language model's embeddings to cover the tokenizer (added `<image>` / pad tokens)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if vocabulary > rows:
+        model.language_model.resize_token_embeddings(vocabulary)
+        model.config.text_config = model.language_model.config
+        logger.info("resized the language model's embeddings from %d to %d rows", rows, vocabulary)
+
+
+def _processor_for(model: LlavaKitForCausalLM, tokenizer, config: TrainConfig) -> LlavaKitProcessor:
+    return LlavaKitProcessor.from_model_config(tokenizer, model.config, config.data.template, config.data.image_mode)
+
+
+def build_model_and_processor(config: TrainConfig) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor]:
+    """The model a run starts from and the processor that feeds it (see the module docstring)."""
+    model_config, quantize = config.model, config.stage.lora.quantize
+    if model_config.checkpoint is not None:
+        if quantize:
+            raise ValueError("stage.lora.quantize (QLoRA) needs model.vision/model.language, not model.checkpoint")
+        model = LlavaKitForCausalLM.from_pretrained(model_config.checkpoint, dtype=_torch_dtype(model_config.dtype))
+        saved = LlavaKitProcessor.from_pretrained(model_config.checkpoint)
+        same = saved.template_name == config.data.template and saved.image_config.mode == config.data.image_mode
+        processor = saved if same else _processor_for(model, saved.tokenizer, config)
+    else:
+        if model_config.vision is None or model_config.language is None:
+            raise ValueError("set model.checkpoint, or both model.vision and model.language")
+        tokenizer = load_tokenizer(model_config)
+        image_token_id = prepare_tokenizer(tokenizer, model_config.image_token)
+        model = _compose(model_config, image_token_id, quantize)
+        _fit_embeddings(model, len(tokenizer))
+        processor = _processor_for(model, tokenizer, config)
+    # Backbones composed from config dicts come without an attention implementation; name one for
+    # every sub-model (transformers' default, sdpa, unless the config asks for another).
+    model.set_attn_implementation(model_config.attn_implementation or "sdpa")
+    if model_config.connector_weights is not None:
+        load_trainable_weights(model, model_config.connector_weights)
+    return model, processor
+
+
+# ---- trainable weights ---------------------------------------------------------------------------
+
+
+def trainable_weights_file(path: str | Path) -> Path:
+    """A run folder's `trainable.safetensors`, or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TRAINABLE_WEIGHTS_NAME
+    if not path.is_file():
+        raise ValueError(f"connector weights {path} do not exist (a stage-1 run folder or its {TRAINABLE_WEIGHTS_NAME})")
+    return path
+
+
+def read_trainable_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors by llavakit parameter name; an original LLaVA `mm_projector.bin` is renamed on the way."""
+    path = trainable_weights_file(path)
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    if path.suffix == ".bin":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return llavakit_state_dict_from_original(state)
+    raise ValueError(f"connector weights {path} must be a .safetensors file (or an original LLaVA mm_projector.bin)")
+
+
+def load_trainable_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Copy the tensors of `path` into `model`'s parameters of the same names; return the names.
+
+    Every name must exist in the model with the same shape (a connector trained for another
+    vision or language width is an error, not a silent partial load).
+    """
+    tensors = read_trainable_weights(path)
+    own = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(own))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} weight(s) the model does not have: {', '.join(unknown[:8])}")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(own[name].shape):
+            raise ValueError(
+                f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)} "
+                "(was it trained with another vision tower, connector or language model?)"
+            )
+        with torch.no_grad():
+            own[name].copy_(tensor.to(own[name].dtype))
+    logger.info("loaded %d tensor(s) from %s: %s", len(tensors), path, ", ".join(sorted(tensors)))
+    return sorted(tensors)
+
+
+def save_trainable_weights(state_dict: dict[str, torch.Tensor], names: list[str], directory: str | Path) -> Path:
+    """Write the named entries of `state_dict` to `directory/trainable.safetensors`."""
+    missing = [name for name in names if name not in state_dict]
+    if missing:
+        raise ValueError(f"the state dict lacks trainable weight(s): {', '.join(missing[:8])}")
+    path = Path(directory) / TRAINABLE_WEIGHTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: state_dict[name].detach().contiguous().cpu() for name in names}, str(path), metadata={"format": "pt"})
+    return path
+
+
+# ---- LoRA ----------------------------------------------------------------------------------------
+
+
+def apply_lora(model: LlavaKitForCausalLM, stage: StageConfig) -> nn.Module:
+    """Wrap `model` with peft: LoRA adapters on the language model's `target_modules`.
+
+    The connector (and the vision tower when `stage.train_vision`) trains whole and is saved
+    with the adapter (`modules_to_save`), as LLaVA-1.5's LoRA recipe trains its projector.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    except ImportError:
+        raise ValueError("stage.lora.enabled needs peft: pip install 'llavakit[train]'") from None
+    lora = stage.lora
+    if lora.quantize:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    names = "|".join(sorted(lora.target_modules))
+    keep = ["multi_modal_projector"] if stage.train_connector else []
+    keep += ["vision_tower"] if stage.train_vision else []
+    if stage.train_connector and getattr(model, "image_newline", None) is not None:
+        logger.warning("with LoRA the image_newline vector stays frozen: it is a bare parameter, not a module peft saves")
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=rf".*language_model\..*\.({names})",
+        modules_to_save=keep or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+__all__ = [
+    "TRAINABLE_WEIGHTS_NAME",
+    "apply_lora",
+    "build_model_and_processor",
+    "load_tokenizer",
+    "load_trainable_weights",
+    "prepare_tokenizer",
+    "read_trainable_weights",
+    "save_trainable_weights",
+    "trainable_weights_file",
+]

@@ -1,0 +1,251 @@
+"""One training run, from a config to a run folder: `llavakit train CONFIG.yaml [key=value ...]`.
+
+    llavakit train configs/llava-1.5/pretrain-7b.yaml output.dir=runs/pretrain
+    torchrun --nproc_per_node 8 -m llavakit.cli train configs/llava-1.5/finetune-7b.yaml \\
+        model.connector_weights=runs/pretrain distributed.deepspeed=configs/deepspeed/zero3.json
+
+The run folder (`output.dir`) receives, in order: `train_config.yaml` (the resolved config:
+every rate, batch and epoch count actually used), `checkpoint-N/` folders (complete or absent),
+then the final model, `skipped_samples.json`, `losses.json` ([step, loss] pairs) and `loss.png`.
+A stage that keeps the language model frozen (stage 1) writes only `trainable.safetensors`,
+`config.json` and the processor; a full stage writes a model that
+`LlavaKitForCausalLM.from_pretrained` and `LlavaKitProcessor.from_pretrained` load from the
+folder itself; a LoRA stage writes the peft adapter there, and with `output.merge_lora=true`
+the merged model to `merged/`. Relative paths in a config are relative to the working folder.
+
+`run_training(config)` is the same run for Python callers (the demo trains both stages
+in-process with it); it returns a `TrainResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as transformers_logging
+
+from llavakit.config import DataConfig, TrainConfig, load_config, save_config
+from llavakit.data.collator import PackingCollator, PaddingCollator
+from llavakit.data.dataset import DatasetSpec, LlavaDataset
+from llavakit.data.processor import LlavaKitProcessor
+from llavakit.train.arguments import training_arguments, world_size_from_environment
+from llavakit.train.model_setup import TRAINABLE_WEIGHTS_NAME, apply_lora, build_model_and_processor
+from llavakit.train.plots import plot_loss_curve
+from llavakit.train.skips import SkipReport, TooManyBadSamplesError
+from llavakit.train.stages import count_parameters, freeze_for_stage, gradient_accumulation_steps, resolve_config
+from llavakit.train.trainer import CountingCollator, LlavaKitTrainer, QuietProgressCallback
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.yaml"
+LOSS_PLOT_NAME = "loss.png"
+LOSSES_NAME = "losses.json"
+MERGED_DIR = "merged"
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    `model_path`: the final model folder (`LlavaKitForCausalLM.from_pretrained` loads it; with
+    LoRA and no merge, the peft adapter folder), or, when `trainable_only` (stage 1), the
+    `trainable.safetensors` file that a next stage's `model.connector_weights` takes.
+    `losses`: (optimizer step, loss) as logged, resumed runs included.
+    """
+
+    output_dir: Path
+    model_path: Path
+    trainable_only: bool
+    losses: list[tuple[int, float]]
+    skipped: SkipReport
+    wall_time: float
+    global_step: int
+    config: TrainConfig = field(repr=False)
+
+
+def make_collator(data: DataConfig, processor: LlavaKitProcessor, flash_attention: bool = False):
+    """Packing (several samples per row, no attention across them) or right padding."""
+    pad = processor.tokenizer.pad_token_id
+    if data.packing:
+        return PackingCollator(data.max_length, pad_token_id=pad, return_flash_attn_kwargs=flash_attention)
+    return PaddingCollator(pad, max_length=data.max_length)
+
+
+def make_dataset(data: DataConfig, processor: LlavaKitProcessor) -> LlavaDataset:
+    if not data.datasets:
+        raise ValueError("data.datasets is empty: list at least one LLaVA-format .json / .jsonl file")
+    specs = [DatasetSpec(**dataclasses.asdict(spec)) for spec in data.datasets]
+    return LlavaDataset(specs, processor, data.max_length, seed=data.seed)
+
+
+def _checkpoint_to_resume(config: TrainConfig) -> str | None:
+    resume = config.output.resume
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        folder = Path(config.output.dir)
+        found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        if found is None:
+            raise ValueError(f"output.resume=true but {folder} holds no checkpoint-N folder to resume from")
+        return found
+    if not Path(resume).is_dir():
+        raise ValueError(f"output.resume: checkpoint folder {resume} does not exist")
+    return str(resume)
+
+
+def _use_quiet_progress(trainer: LlavaKitTrainer, show_bar: bool) -> None:
+    """Keep the tqdm bar (with the loss as postfix), never the per-step dict printing."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if show_bar:
+        trainer.add_callback(QuietProgressCallback())
+
+
+def _losses(trainer: LlavaKitTrainer) -> list[tuple[int, float]]:
+    return [(int(entry["step"]), float(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry]
+
+
+def _report_skips(trainer: LlavaKitTrainer, output: Path) -> SkipReport:
+    """Every rank's bad samples, written to the run folder and logged."""
+    report = trainer.gathered_skip_report()
+    if trainer.args.should_save:
+        output.mkdir(parents=True, exist_ok=True)
+        report.save(output)
+    logger.log(logging.WARNING if report.skipped else logging.INFO, "bad samples: %s", report.summary())
+    return report
+
+
+def _save_final_model(trainer: LlavaKitTrainer, config: TrainConfig) -> tuple[Path, bool]:
+    output = Path(config.output.dir)
+    trainer.save_model(str(output))
+    if trainer.save_trainable_only:
+        return output / TRAINABLE_WEIGHTS_NAME, True
+    if not config.stage.lora.enabled:
+        return output, False
+    if not config.output.merge_lora:
+        return output, False
+    merged_dir = output / MERGED_DIR
+    if trainer.args.should_save:
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(merged_dir)
+        trainer.processing_class.save_pretrained(merged_dir)
+    trainer.accelerator.wait_for_everyone()
+    return merged_dir, False
+
+
+def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> LlavaKitTrainer:
+    """The model (frozen per stage, LoRA-wrapped if asked), data and Trainer of a resolved config."""
+    optim = config.optimization
+    accumulation = gradient_accumulation_steps(
+        optim.global_batch_size, optim.per_device_batch_size, world_size_from_environment()
+    )
+    set_seed(optim.seed)  # the fresh connector (and tiny random backbones) start the same on every rank
+    model, processor = build_model_and_processor(config)
+    freeze_for_stage(model, config.stage)
+    if config.stage.lora.enabled:
+        model = apply_lora(model, config.stage)
+        logger.info("with LoRA adapters:\n%s", count_parameters(model, config.stage.name))
+    dataset = make_dataset(config.data, processor)
+    args = training_arguments(config, accumulation, has_text_only=any(n < 0 for n in dataset.modality_lengths))
+    flash = (config.model.attn_implementation or "").startswith("flash")
+    trainer = LlavaKitTrainer(
+        model=model,
+        args=args,
+        data_collator=CountingCollator(make_collator(config.data, processor, flash)),
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=list(callbacks),
+        config=config,
+    )
+    if config.distributed.fsdp and not trainer.is_fsdp_enabled:
+        raise ValueError(
+            "distributed.fsdp=true, but accelerate did not turn FSDP on: it shards over GPUs only "
+            "(launch with torchrun on a GPU machine), and plain DDP is what runs on CPUs"
+        )
+    _use_quiet_progress(trainer, config.output.progress_bar)
+    return trainer
+
+
+def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    """Train as `config` says (resolving stage defaults first) and return what the run produced.
+
+    `callbacks`: extra transformers `TrainerCallback`s (e.g. to stop early or watch the loss).
+    Raises ValueError for a bad config, and `TooManyBadSamplesError` when too many samples
+    were skipped as bad (the report is still written to the run folder first).
+    """
+    start = time.perf_counter()
+    config = resolve_config(config)
+    resume = _checkpoint_to_resume(config)
+    trainer = build_trainer(config, callbacks)
+    output = Path(config.output.dir)
+    if trainer.args.should_save:
+        save_config(config, output / CONFIG_NAME)
+    if resume is not None:
+        trainer.restore_skip_report(resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except TooManyBadSamplesError:
+        _report_skips(trainer, output)
+        raise
+    report = _report_skips(trainer, output)
+    trainer.skip_policy.check(report.seen, report.num_skipped, final=True)
+    model_path, trainable_only = _save_final_model(trainer, config)
+    losses = _losses(trainer)
+    if trainer.args.should_save:
+        (output / LOSSES_NAME).write_text(json.dumps([[step, loss] for step, loss in losses]) + "\n")
+        if config.output.plot:
+            plot_loss_curve(losses, output / LOSS_PLOT_NAME, title=f"{config.stage.name} loss")
+    return TrainResult(
+        output_dir=output,
+        model_path=model_path,
+        trainable_only=trainable_only,
+        losses=losses,
+        skipped=report,
+        wall_time=time.perf_counter() - start,
+        global_step=trainer.state.global_step,
+        config=config,
+    )
+
+
+def _summary(result: TrainResult) -> str:
+    last = f"{result.losses[-1][1]:.4f}" if result.losses else "n/a"
+    first = f"{result.losses[0][1]:.4f}" if result.losses else "n/a"
+    return "\n".join(
+        [
+            f"trained {result.global_step} step(s) in {result.wall_time:.1f} s; loss {first} -> {last}",
+            f"bad samples: {result.skipped.summary()}",
+            f"model: {result.model_path}",
+            f"run folder: {result.output_dir}",
+        ]
+    )
+
+
+def train_main(config_path: str, overrides: list[str]) -> int:
+    """`llavakit train CONFIG [key=value ...]`: run, print a short summary on the main process, return 0."""
+    config = load_config(config_path, overrides)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # The Trainer's own bar stays; the per-file bars of every checkpoint save would drown it.
+    transformers_logging.disable_progress_bar()
+    result = run_training(config)
+    if main_process:
+        print(_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        print("usage: python -m llavakit.train.run CONFIG.yaml [key=value ...]", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(train_main(sys.argv[1], sys.argv[2:]))

@@ -1,0 +1,141 @@
+"""Checkpoints: a resumed run ends where an uninterrupted one does; a failed save leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from llavakit.config import TrainConfig, load_config
+from llavakit.train.run import run_training
+from llavakit.train.trainer import LlavaKitTrainer, publish_folder
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models train fastest on one thread, and do not fight other processes for the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def shapes_data(folder: Path, n: int = 32) -> Path:
+    """Images with answers of different lengths, and a few text-only samples (two modalities to group)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        if i % 5 == 4:
+            count = i % 7 + 1
+            answer = " ".join("one two three four five six seven".split()[:count])
+            records.append({"id": f"t{i}", "conversations": [
+                {"from": "human", "value": f"Count to {count}"}, {"from": "gpt", "value": answer}]})
+            continue
+        Image.new("RGB", (32, 32), (10 * i % 255, 120, 30 * i % 255)).save(folder / f"{i}.png")
+        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the picture."},
+            {"from": "gpt", "value": "A square" + " that is small" * (i % 4) + "."}]})
+    path = folder / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+class StopAfter(TrainerCallback):
+    """Stops training after `step` optimizer steps, as a crash after the save would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def config_for(stage: str, data: Path, out: Path, *overrides: str) -> TrainConfig:
+    recipe = CONFIGS / ("tiny/pretrain.yaml" if stage == "pretrain" else "tiny/finetune.yaml")
+    return load_config(recipe, [
+        f"data.datasets=[{{path: {data}}}]", f"output.dir={out}", "model.connector_weights=null",
+        "optimization.global_batch_size=8", "optimization.per_device_batch_size=4",  # 2 accumulation steps
+        "optimization.max_steps=6", "output.save_steps=3", "output.plot=false", "output.progress_bar=false",
+        "data.template=vicuna_v1", *overrides])
+
+
+def final_weights(result) -> dict[str, torch.Tensor]:
+    path = result.model_path if result.trainable_only else result.model_path / "model.safetensors"
+    return load_file(path)
+
+
+@pytest.mark.parametrize(
+    "stage, overrides",
+    [
+        ("finetune", ["data.packing=true", "data.group_by_modality=true"]),  # whole model + optimizer state
+        ("pretrain", ["data.group_by_modality=false"]),  # trainable weights only
+    ],
+)
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, stage, overrides):
+    data = shapes_data(tmp_path / "data")
+    whole = run_training(config_for(stage, data, tmp_path / "whole", *overrides))
+    interrupted = run_training(config_for(stage, data, tmp_path / "resumed", *overrides), callbacks=[StopAfter(3)])
+    assert interrupted.global_step == 3
+    assert get_last_checkpoint(str(tmp_path / "resumed")).endswith("checkpoint-3")
+    resumed = run_training(config_for(stage, data, tmp_path / "resumed", "output.resume=true", *overrides))
+    assert resumed.global_step == 6
+    assert [step for step, _ in resumed.losses] == [1, 2, 3, 4, 5, 6]  # the log history continues
+    for (_, a), (_, b) in zip(whole.losses, resumed.losses):
+        assert a == pytest.approx(b, rel=1e-5)
+    expected, got = final_weights(whole), final_weights(resumed)
+    assert expected.keys() == got.keys()
+    if stage == "pretrain":
+        assert all(name.startswith("multi_modal_projector.") for name in got)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert resumed.skipped.seen == whole.skipped.seen == 6 * 8  # counts carried over the restart
+
+
+def test_a_failed_save_leaves_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    data = shapes_data(tmp_path / "data")
+    original = LlavaKitTrainer._save_rng_state
+
+    def save_rng_state_or_crash(self, output_dir):
+        if self.state.global_step == 6:
+            raise OSError("disk full")
+        original(self, output_dir)
+
+    monkeypatch.setattr(LlavaKitTrainer, "_save_rng_state", save_rng_state_or_crash)
+    with pytest.raises(OSError, match="disk full"):
+        run_training(config_for("finetune", data, tmp_path / "run"))
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert (run / ".staging" / "checkpoint-6").is_dir()  # the broken one never got its final name
+    assert get_last_checkpoint(str(run)).endswith("checkpoint-3")
+    monkeypatch.setattr(LlavaKitTrainer, "_save_rng_state", original)
+    resumed = run_training(config_for("finetune", data, run, "output.resume=true"))
+    assert resumed.global_step == 6 and sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert not (run / ".staging").exists()
+
+
+def test_publish_folder_replaces_by_rename(tmp_path):
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "a").write_text("new")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "a").write_text("old")
+    (tmp_path / "target" / "b").write_text("old")
+    publish_folder(tmp_path / "new", tmp_path / "target")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+    assert [p.name for p in (tmp_path / "target").iterdir()] == ["a"] and (tmp_path / "target" / "a").read_text() == "new"
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    data = shapes_data(tmp_path / "data", n=8)
+    with pytest.raises(ValueError, match=r"output.resume=true but .* holds no checkpoint-N folder"):
+        run_training(config_for("finetune", data, tmp_path / "empty", "output.resume=true"))
+    with pytest.raises(ValueError, match="checkpoint folder .*nowhere does not exist"):
+        run_training(config_for("finetune", data, tmp_path / "empty", f"output.resume={tmp_path / 'nowhere'}"))

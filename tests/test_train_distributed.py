@@ -1,0 +1,73 @@
+"""Two CPU processes (torchrun, gloo) train as one process does with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from llavakit.config import load_config
+from llavakit.train.run import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models train fastest on one thread, and do not fight other processes for the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def varied_data(folder: Path, n: int = 32) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        Image.new("RGB", (32, 32), (7 * i % 255, 200 - 5 * i, 90)).save(folder / f"{i}.png")
+        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is in the picture?"},
+            {"from": "gpt", "value": "A red circle" + " next to a blue square" * (i % 3) + "."}]})
+    path = folder / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    data = varied_data(tmp_path / "data")
+    overrides = [
+        f"data.datasets=[{{path: {data}}}]", "model.connector_weights=null",
+        "data.packing=true", "data.group_by_modality=true",
+        "optimization.global_batch_size=8", "optimization.per_device_batch_size=4", "optimization.max_steps=4",
+        "output.save_steps=0", "output.plot=false", "output.progress_bar=false",
+    ]
+    recipe = str(ROOT / "configs/tiny/finetune.yaml")
+    # one process: 2 accumulation steps of 4 samples
+    single = run_training(load_config(recipe, [*overrides, f"output.dir={tmp_path / 'one'}"]))
+    # two processes: 4 samples each, no accumulation; through the command line
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "llavakit.cli", "train", recipe, *overrides, f"output.dir={tmp_path / 'two'}"]
+    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "trained 4 step(s)" in done.stdout
+
+    two_losses = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert [step for step, _ in two_losses] == [step for step, _ in single.losses] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(single.losses, two_losses):
+        assert b == pytest.approx(a, rel=1e-4)
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    assert json.loads((tmp_path / "two" / "skipped_samples.json").read_text())["seen"] == single.skipped.seen == 32
