@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llavakit.data.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig, load_image, preprocess
 
@@ -80,6 +80,16 @@ def _clip_batches(
         yield dict(pixel_values=pixels[indices], input_ids=ids, attention_mask=mask, return_loss=True)
 
 
+def clip_text_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids for CLIP's text tower, each ending in the pad id, which the tower pools at.
+
+    CLIP pools the text at the first end-of-text token; transformers treats an end id of 2 (the
+    tiny tokenizer's EOS) as the legacy "largest id" rule, which would pool at a random word. A
+    trailing pad id (attended, unlike padding) marks the end unambiguously.
+    """
+    return [ids + [tokenizer.pad_token_id] for ids in tokenizer(list(texts))["input_ids"]]
+
+
 def pretrain_clip(
     image_paths: Sequence[Path],
     captions: Sequence[str],
@@ -94,14 +104,14 @@ def pretrain_clip(
     torch.manual_seed(settings.seed)
     image_config = ImageProcessingConfig(mode="square", size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
     pixels = torch.from_numpy(np.stack([preprocess(load_image(path), image_config) for path in image_paths]))
-    eos = tokenizer.eos_token_id
-    tokenized = [ids + [eos] for ids in tokenizer(list(captions))["input_ids"]]
+    end = tokenizer.pad_token_id
+    tokenized = clip_text_ids(tokenizer, captions)
     tower = dict(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
                  num_attention_heads=4)
     config = CLIPConfig(
         vision_config=dict(tower, image_size=image_size, patch_size=patch_size),
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=64,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id),
+        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=end, pad_token_id=end),
         projection_dim=hidden_size,
     )
     model = CLIPModel(config)
@@ -128,3 +138,27 @@ def pretrain_language_model(
     )
     _train_loop(model, settings, batches, "language model pretraining")
     return model
+
+
+def language_model_config(tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int) -> LlamaConfig:
+    """A small Llama whose vocabulary is exactly the tokenizer's."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+
+
+def vision_half(clip: CLIPModel) -> CLIPVisionModel:
+    """The vision tower of a trained CLIP as a standalone model (what LLaVA loads), weights shared."""
+    vision = CLIPVisionModel(clip.config.vision_config)
+    vision.vision_model = clip.vision_model
+    return vision

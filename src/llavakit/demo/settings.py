@@ -1,0 +1,75 @@
+"""How big the demo is: one dataclass, two presets.
+
+`full` is the README's run (at most 10 minutes on 2 CPU cores); `quick` is the same recipe
+shrunk for the test suite. Every number that decides run time lives here, so the time/quality
+trade-off is visible in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes and step counts of every phase of the demo."""
+
+    scenes: int = 2000
+    test_fraction: float = 0.2
+    image_size: int = 64
+    patch_size: int = 8
+    vocab_size: int = 640
+    # vision tower (CLIP) pretraining
+    vision_hidden: int = 96
+    vision_layers: int = 4
+    clip_steps: int = 300
+    clip_batch: int = 64
+    clip_lr: float = 2e-3
+    # language model pretraining
+    text_hidden: int = 128
+    text_layers: int = 4
+    lm_steps: int = 150
+    lm_batch: int = 32
+    lm_context: int = 128
+    lm_lr: float = 3e-3
+    # stage 1 (connector) and stage 2 (connector + LLM [+ vision tower])
+    stage1_epochs: float = 1.0
+    stage1_batch: int = 32
+    stage1_lr: float = 2e-3
+    stage2_epochs: float = 1.0
+    stage2_fraction: float = 0.5
+    stage2_batch: int = 32
+    stage2_lr: float = 1e-3
+    stage2_vision_lr: float | None = 2e-4
+    max_length: int = 384
+    # evaluation
+    eval_per_set: int | None = 500
+    eval_batch: int = 32
+    seed: int = 0
+
+    def replace(self, **changes: object) -> "DemoSettings":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, DemoSettings] = {
+    "full": DemoSettings(),
+    "quick": DemoSettings(
+        scenes=200,
+        clip_steps=40,
+        clip_batch=32,
+        lm_steps=40,
+        lm_batch=16,
+        stage1_batch=16,
+        stage2_fraction=0.3,
+        stage2_batch=16,
+        eval_per_set=30,
+    ),
+}
+
+
+def preset(name: str) -> DemoSettings:
+    """A named preset; a clear error lists the names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown demo size {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
