@@ -238,10 +238,21 @@ def train_main(config_path: str, overrides: list[str]) -> int:
     )
     # The Trainer's own bar stays; the per-file bars of every checkpoint save would drown it.
     transformers_logging.disable_progress_bar()
-    result = run_training(config)
+    try:
+        result = run_training(config)
+    finally:
+        _leave_process_group()
     if main_process:
         print(_summary(result))
     return 0
+
+
+def _leave_process_group() -> None:
+    """Close the launcher's process group before exit: gloo left open can abort a rank at shutdown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
