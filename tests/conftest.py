@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from llavakit.tiny_tokenizer import build_tiny_tokenizer
 
@@ -11,3 +12,12 @@ from llavakit.tiny_tokenizer import build_tiny_tokenizer
 def tiny_tokenizer():
     """The tiny in-process BPE tokenizer (`<image>` and template tokens are single ids). Do not mutate it."""
     return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

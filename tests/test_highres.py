@@ -27,13 +27,7 @@ SIZES = [(1, 1), (7, 300), (300, 7), (32, 32), (33, 65), (50, 17), (64, 64), (10
 SIGLIP_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(size, seed=0) -> Image.Image:

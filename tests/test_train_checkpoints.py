@@ -19,13 +19,7 @@ from llavakit.train.trainer import LlavaKitTrainer, publish_folder
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models train fastest on one thread, and do not fight other processes for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shapes_data(folder: Path, n: int = 32) -> Path:

@@ -15,13 +15,7 @@ from llavakit.model.llava import LlavaKitForCausalLM
 from llavakit.tiny_models import tiny_llava_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and do not fight other processes for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_video(path, levels, fps=10, size=32):
