@@ -18,7 +18,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file
@@ -40,8 +40,18 @@ _EXPORTABLE_CONNECTOR = "mlp2x_gelu"
 # ---------------------------------------------------------------- configs (transformers' Llava)
 
 
-def llavakit_config_from_transformers(config: LlavaConfig) -> LlavaKitConfig:
-    """The LlavaKitConfig of a transformers `LlavaConfig` (its projector becomes `mlp2x_gelu`)."""
+def _text_config(config) -> Any:
+    """A copy of the text config carrying the model's embedding tying (both sides keep it there too)."""
+    text_config = copy.deepcopy(config.text_config)
+    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
+    return text_config
+
+
+def llavakit_fields_from_transformers(config) -> dict[str, Any]:
+    """LlavaKitConfig fields shared by every transformers Llava-family config (Llava, LlavaNext, OneVision).
+
+    Raises ValueError when the projector has no llavakit connector.
+    """
     if config.projector_hidden_act != "gelu":
         raise ValueError(
             f"projector_hidden_act {config.projector_hidden_act!r} has no llavakit connector: "
@@ -49,17 +59,34 @@ def llavakit_config_from_transformers(config: LlavaConfig) -> LlavaKitConfig:
         )
     if not config.multimodal_projector_bias:
         raise ValueError("multimodal_projector_bias=False has no llavakit connector: mlp2x_gelu linears have biases")
-    text_config = copy.deepcopy(config.text_config)
-    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
-    converted = LlavaKitConfig(
+    return dict(
         vision_config=copy.deepcopy(config.vision_config),
-        text_config=text_config,
+        text_config=_text_config(config),
         connector=_EXPORTABLE_CONNECTOR,
         vision_feature_layer=copy.copy(config.vision_feature_layer),
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         image_token_id=config.image_token_id,
         tie_word_embeddings=bool(config.tie_word_embeddings),
     )
+
+
+def transformers_fields_from_llavakit(config: LlavaKitConfig) -> dict[str, Any]:
+    """Fields shared by every transformers Llava-family config, from a LlavaKitConfig (mlp2x_gelu checked by the caller)."""
+    return dict(
+        vision_config=copy.deepcopy(config.vision_config),
+        text_config=_text_config(config),
+        image_token_index=config.image_token_id,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_feature_layer=copy.copy(config.vision_feature_layer),
+        multimodal_projector_bias=True,
+        tie_word_embeddings=bool(config.tie_word_embeddings),
+    )
+
+
+def llavakit_config_from_transformers(config: LlavaConfig) -> LlavaKitConfig:
+    """The LlavaKitConfig of a transformers `LlavaConfig` (its projector becomes `mlp2x_gelu`)."""
+    converted = LlavaKitConfig(**llavakit_fields_from_transformers(config))
     # llavakit derives the count from the geometry; transformers stores it (and some checkpoints
     # keep the 576 default whatever the geometry), so a mismatch is reported, not fatal.
     if config.image_seq_length != converted.num_image_tokens:
@@ -91,19 +118,7 @@ def transformers_config_from_llavakit(config: LlavaKitConfig) -> LlavaConfig:
     """The transformers `LlavaConfig` of a LlavaKitConfig; only the `mlp2x_gelu` connector maps."""
     if config.connector != _EXPORTABLE_CONNECTOR:
         raise ValueError(_connector_export_error(config.connector))
-    text_config = copy.deepcopy(config.text_config)
-    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
-    return LlavaConfig(
-        vision_config=copy.deepcopy(config.vision_config),
-        text_config=text_config,
-        image_token_index=config.image_token_id,
-        image_seq_length=config.num_image_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        vision_feature_layer=copy.copy(config.vision_feature_layer),
-        multimodal_projector_bias=True,
-        tie_word_embeddings=bool(config.tie_word_embeddings),
-    )
+    return LlavaConfig(image_seq_length=config.num_image_tokens, **transformers_fields_from_llavakit(config))
 
 
 # ---------------------------------------------------------------- state-dict key maps

@@ -19,7 +19,6 @@ Tensors are reused as they are (no copy). Usage:
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
@@ -38,7 +37,9 @@ from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.convert import (
     _check_text_layout,
     _load_strict,
+    llavakit_fields_from_transformers,
     llavakit_state_dict_from_transformers,
+    transformers_fields_from_llavakit,
     transformers_state_dict_from_llavakit,
 )
 from llavakit.model.llava import LlavaKitForCausalLM
@@ -65,20 +66,8 @@ def _pinpoints(config) -> list[list[int]]:
 
 def llavakit_config_from_transformers_next(config: NextConfig) -> LlavaKitConfig:
     """The LlavaKitConfig of a transformers LlavaNext or LlavaOnevision config."""
-    if config.projector_hidden_act != "gelu":
-        raise ValueError(f"projector_hidden_act {config.projector_hidden_act!r} has no llavakit connector (mlp2x_gelu is GELU)")
-    if not config.multimodal_projector_bias:
-        raise ValueError("multimodal_projector_bias=False has no llavakit connector: mlp2x_gelu linears have biases")
-    text_config = copy.deepcopy(config.text_config)
-    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
     fields = dict(
-        vision_config=copy.deepcopy(config.vision_config),
-        text_config=text_config,
-        connector=_EXPORTABLE_CONNECTOR,
-        vision_feature_layer=copy.copy(config.vision_feature_layer),
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        image_token_id=config.image_token_id,
-        tie_word_embeddings=bool(config.tie_word_embeddings),
+        llavakit_fields_from_transformers(config),
         image_grid_pinpoints=_pinpoints(config),
         use_image_newline=True,
         image_base_first=True,
@@ -139,17 +128,8 @@ def transformers_next_model_type(config: LlavaKitConfig) -> str:
 def transformers_config_from_llavakit_next(config: LlavaKitConfig) -> NextConfig:
     """The transformers LlavaNextConfig / LlavaOnevisionConfig of a high-resolution LlavaKitConfig."""
     model_type = transformers_next_model_type(config)
-    text_config = copy.deepcopy(config.text_config)
-    text_config.tie_word_embeddings = bool(config.tie_word_embeddings)
     common = dict(
-        vision_config=copy.deepcopy(config.vision_config),
-        text_config=text_config,
-        image_token_index=config.image_token_id,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        vision_feature_layer=copy.copy(config.vision_feature_layer),
-        multimodal_projector_bias=True,
-        tie_word_embeddings=bool(config.tie_word_embeddings),
+        transformers_fields_from_llavakit(config),
         image_grid_pinpoints=[[h, w] for h, w in config.grid_pinpoints],
     )
     if model_type == "llava_next":
