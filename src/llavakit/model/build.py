@@ -82,11 +82,8 @@ def load_language_model(part: Part, dtype: torch.dtype | None = None) -> PreTrai
     return AutoModelForCausalLM.from_config(_as_config(part), dtype=dtype)
 
 
-def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:
-    """Load or build both backbones, then wrap them with a fresh connector."""
-    dtype = getattr(torch, spec.dtype) if spec.dtype else None
-    vision = load_vision_encoder(spec.vision, dtype)
-    language = load_language_model(spec.language, dtype)
+def compose_model(spec: ModelSpec, vision: PreTrainedModel, language: PreTrainedModel) -> LlavaKitForCausalLM:
+    """Wrap loaded backbones with a fresh connector; the config is read off the backbones."""
     config = LlavaKitConfig(
         vision_config=vision.config,
         text_config=language.config,
@@ -95,8 +92,15 @@ def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         image_token_id=spec.image_token_id,
     )
+    return LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
+
+
+def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:
+    """Load or build both backbones, then wrap them with a fresh connector."""
+    dtype = getattr(torch, spec.dtype) if spec.dtype else None
+    vision = load_vision_encoder(spec.vision, dtype)
+    language = load_language_model(spec.language, dtype)
     if spec.image_token_id >= language.config.vocab_size:
         language.resize_token_embeddings(spec.image_token_id + 1)
-        config.text_config = language.config
-    model = LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
+    model = compose_model(spec, vision, language)
     return model.to(dtype) if dtype else model

@@ -29,8 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from llavakit.config import ModelConfig, StageConfig, TrainConfig
 from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.build import ModelSpec, build_model, load_vision_encoder
-from llavakit.model.configuration import LlavaKitConfig
+from llavakit.model.build import ModelSpec, build_model, compose_model, load_vision_encoder
 from llavakit.model.convert import llavakit_state_dict_from_original
 from llavakit.model.llava import LlavaKitForCausalLM
 
@@ -134,15 +133,7 @@ def _compose(model: ModelConfig, image_token_id: int, quantize: str | None) -> L
     _require_qlora_support(quantize)
     vision = load_vision_encoder(spec.vision, dtype)
     language = _quantized_language_model(model.language, quantize, dtype)
-    config = LlavaKitConfig(
-        vision_config=vision.config,
-        text_config=language.config,
-        connector=spec.connector,
-        vision_feature_layer=spec.vision_feature_layer,
-        vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        image_token_id=image_token_id,
-    )
-    return LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
+    return compose_model(spec, vision, language)
 
 
 def _fit_embeddings(model: LlavaKitForCausalLM, vocabulary: int) -> None:
