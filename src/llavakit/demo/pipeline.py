@@ -59,7 +59,7 @@ def _peak_memory_mb() -> float:
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
-def _model_section(backbones: Path, settings: DemoSettings, **extra: Any) -> ModelConfig:
+def _model_section(backbones: Path, **extra: Any) -> ModelConfig:
     return ModelConfig(
         vision=str(backbones / "clip"),
         language=str(backbones / "language"),
@@ -82,14 +82,17 @@ def _data_section(path: Path, world: DemoWorld, template: str, settings: DemoSet
     )
 
 
-def _optimization(batch: int, epochs: float, lr: float, settings: DemoSettings, **rates: float | None) -> OptimizationConfig:
+def _optimization(
+    batch: int, epochs: float, lr: float, settings: DemoSettings, vision_lr: float | None = None
+) -> OptimizationConfig:
+    """One rate for the LLM and the connector; the vision tower's own when it trains."""
     return OptimizationConfig(
         global_batch_size=batch,
         per_device_batch_size=batch,
         epochs=epochs,
         lr=lr,
-        connector_lr=rates.get("connector_lr", lr),
-        vision_lr=rates.get("vision_lr"),
+        connector_lr=lr,
+        vision_lr=vision_lr,
         warmup_ratio=0.03,
         gradient_checkpointing=False,
         precision="fp32",
@@ -104,7 +107,7 @@ def _output(path: Path) -> OutputConfig:
 def stage1_config(out: Path, world: DemoWorld, settings: DemoSettings) -> TrainConfig:
     """LLaVA stage 1: frozen backbones, the connector learns to caption (plain template)."""
     return TrainConfig(
-        model=_model_section(out / "backbones", settings),
+        model=_model_section(out / "backbones"),
         data=_data_section(world.pretrain, world, "plain", settings),
         stage=StageConfig(name="pretrain"),
         optimization=_optimization(settings.stage1_batch, settings.stage1_epochs, settings.stage1_lr, settings),
@@ -116,12 +119,11 @@ def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_di
     """LLaVA stage 2: connector + LLM (and, as OneVision does, the vision tower at a lower rate)."""
     train_vision = settings.stage2_vision_lr is not None
     return TrainConfig(
-        model=_model_section(out / "backbones", settings, connector_weights=str(stage1_dir)),
+        model=_model_section(out / "backbones", connector_weights=str(stage1_dir)),
         data=_data_section(world.instruct, world, STAGE2_TEMPLATE, settings, settings.stage2_fraction),
         stage=StageConfig(name="finetune", train_vision=train_vision),
         optimization=_optimization(
-            settings.stage2_batch, settings.stage2_epochs, settings.stage2_lr, settings,
-            connector_lr=settings.stage2_lr, vision_lr=settings.stage2_vision_lr,
+            settings.stage2_batch, settings.stage2_epochs, settings.stage2_lr, settings, settings.stage2_vision_lr
         ),
         output=_output(out / "stage2"),
     )
@@ -130,7 +132,8 @@ def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_di
 def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> dict[str, list[tuple[int, float]]]:
     """Train and save the tokenizer, the CLIP model and the language model under `out`."""
     torch.manual_seed(settings.seed)
-    tokenizer = make_tokenizer(world, settings)
+    texts = world.texts()
+    tokenizer = make_tokenizer(texts, settings)
     tokenizer.save_pretrained(out / "tokenizer")
     images, captions = world.caption_pairs()
     clip_loop = LoopSettings(settings.clip_steps, settings.clip_batch, settings.clip_lr, settings.seed)
@@ -139,7 +142,7 @@ def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> d
     vision_half(clip).save_pretrained(out / "clip")
     language = LlamaForCausalLM(language_model_config(tokenizer, settings.text_hidden, settings.text_layers))
     lm_loop = LoopSettings(settings.lm_steps, settings.lm_batch, settings.lm_lr, settings.seed)
-    pretrain_language_model(language, world.texts(), tokenizer, settings.lm_context, lm_loop)
+    pretrain_language_model(language, texts, tokenizer, settings.lm_context, lm_loop)
     language.save_pretrained(out / "language")
     return {
         "CLIP pretraining": list(enumerate(clip_loop.losses, 1)),

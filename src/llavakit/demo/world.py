@@ -58,6 +58,6 @@ def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
     )
 
 
-def make_tokenizer(world: DemoWorld, settings: DemoSettings) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the world's text, so its words are single tokens."""
-    return build_tiny_tokenizer(extra_texts=world.texts(), vocab_size=settings.vocab_size)
+def make_tokenizer(texts: list[str], settings: DemoSettings) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the world's text (`DemoWorld.texts`), so its words are single tokens."""
+    return build_tiny_tokenizer(extra_texts=texts, vocab_size=settings.vocab_size)
