@@ -33,9 +33,9 @@ from llavakit.demo.backbones import (
     pretrain_language_model,
     vision_half,
 )
-from llavakit.demo.plots import plot_phases
 from llavakit.demo.settings import DemoSettings
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
+from llavakit.train.plots import plot_loss_panels
 
 STAGE2_TEMPLATE = "vicuna_v1"
 
@@ -224,7 +224,7 @@ def run_demo(output_dir: str | Path, settings: DemoSettings, console: Console | 
     files = subsample_eval_sets(world, out / "eval_sets", settings)
     model, processor, results = phases.run("evaluation on the held-out split", _evaluate, stage2.model_path, files, world,
                                            out / "eval", settings)
-    plot_phases(losses, out / "losses.png", "llavakit demo: training losses")
+    plot_loss_panels(losses, out / "losses.png", "llavakit demo: training losses")
     answer = _answer(model, processor, held_out_question(world, settings.seed))
     total = time.perf_counter() - started
 
