@@ -35,6 +35,7 @@ from llavakit.demo.backbones import (
 )
 from llavakit.demo.settings import DemoSettings
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
+from llavakit.eval.questions import read_questions
 from llavakit.train.plots import plot_loss_panels
 
 STAGE2_TEMPLATE = "vicuna_v1"
@@ -166,8 +167,7 @@ def subsample_eval_sets(world: DemoWorld, out: Path, settings: DemoSettings) -> 
 
 def held_out_question(world: DemoWorld, seed: int) -> dict[str, str]:
     """A held-out image and a question about it with its true answer (from the VQA set)."""
-    lines = [json.loads(line) for line in world.eval_files["vqa"].read_text().splitlines() if line.strip()]
-    record = random.Random(seed).choice(lines)
+    record = random.Random(seed).choice(read_questions(world.eval_files["vqa"]))
     return {"image": str(world.root / record["image"]), "question": record["question"], "answer": str(record["answer"])}
 
 
