@@ -1,7 +1,9 @@
-"""The quick demo end to end: every phase runs, every loss falls, the checkpoint chats.
+"""The quick demo end to end: every phase runs, every loss falls, the model reads the image, the checkpoint chats.
 
-The tiny model does not yet beat the majority baseline on held-out questions (it learns the
-answer formats, not visual grounding), so no accuracy bound is asserted here yet.
+The accuracy bounds are on the held-out questions that only the image can answer and that
+the quick run learns: the colour of a named object (chance 1/6, majority about 29 %) and
+the object inside a box (chance 1/24, majority about 15 %). Each bound is a multiple of the
+chance level and also clears the majority baseline, so guessing the most common answer fails.
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ def test_evaluation_covers_every_set_with_baselines(demo):
         assert 0.0 < metrics["chance"] < 1.0, name
         main = metrics.get("accuracy")
         assert main is not None and 0.0 <= main <= 1.0, (name, metrics)
+
+
+# set, category (None: the whole set), lower bound as a multiple of chance
+GROUNDED_BOUNDS = [("vqa", "colour", 2.0), ("region", None, 3.0)]
+
+
+@pytest.mark.parametrize(("name", "category", "times_chance"), GROUNDED_BOUNDS)
+def test_held_out_accuracy_far_above_chance(demo, name, category, times_chance):
+    result = demo.results[name]
+    metrics = result["metrics"] if category is None else result["groups"]["category"][category]
+    bound = times_chance * metrics["chance"]
+    assert metrics["accuracy"] >= bound, (name, category, metrics, f"bound {bound:.3f}")
+    assert metrics["accuracy"] > metrics["majority"] + 0.05, (name, category, metrics)
 
 
 def test_every_phase_trained(demo):

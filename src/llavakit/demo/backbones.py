@@ -127,7 +127,7 @@ def pretrain_language_model(
     torch.manual_seed(settings.seed)
     stream: list[int] = []
     for ids in tokenizer(list(texts))["input_ids"]:
-        stream.extend(ids + [tokenizer.eos_token_id])
+        stream.extend(ids if ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id])
     usable = len(stream) // context * context
     if usable == 0:
         raise ValueError(f"the text corpus has {len(stream)} tokens, fewer than one {context}-token chunk")

@@ -117,7 +117,8 @@ def stage1_config(out: Path, world: DemoWorld, settings: DemoSettings) -> TrainC
 
 
 def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_dir: Path) -> TrainConfig:
-    """LLaVA stage 2: connector + LLM (and, as OneVision does, the vision tower at a lower rate)."""
+    """LLaVA stage 2: connector + LLM, the vision tower frozen as in LLaVA-1.5 (a `stage2_vision_lr`
+    also trains it at that rate, as OneVision does)."""
     train_vision = settings.stage2_vision_lr is not None
     return TrainConfig(
         model=_model_section(out / "backbones", connector_weights=str(stage1_dir)),
@@ -133,7 +134,7 @@ def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_di
 def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> dict[str, list[tuple[int, float]]]:
     """Train and save the tokenizer, the CLIP model and the language model under `out`."""
     torch.manual_seed(settings.seed)
-    texts = world.texts()
+    texts = world.texts(STAGE2_TEMPLATE)
     tokenizer = make_tokenizer(texts, settings)
     tokenizer.save_pretrained(out / "tokenizer")
     images, captions = world.caption_pairs()

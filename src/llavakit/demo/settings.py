@@ -30,18 +30,18 @@ class DemoSettings:
     text_hidden: int = 128
     text_layers: int = 4
     lm_steps: int = 150
-    lm_batch: int = 32
-    lm_context: int = 128
-    lm_lr: float = 3e-3
+    lm_batch: int = 16
+    lm_context: int = 256
+    lm_lr: float = 1e-3
     # stage 1 (connector) and stage 2 (connector + LLM [+ vision tower])
     stage1_epochs: float = 1.0
     stage1_batch: int = 32
     stage1_lr: float = 2e-3
-    stage2_epochs: float = 1.0
-    stage2_fraction: float = 0.5
+    stage2_epochs: float = 2.0
+    stage2_fraction: float = 1.0
     stage2_batch: int = 32
     stage2_lr: float = 1e-3
-    stage2_vision_lr: float | None = 2e-4
+    stage2_vision_lr: float | None = None
     max_length: int = 384
     # evaluation
     eval_per_set: int | None = 500
@@ -55,15 +55,10 @@ class DemoSettings:
 PRESETS: dict[str, DemoSettings] = {
     "full": DemoSettings(),
     "quick": DemoSettings(
-        scenes=200,
-        clip_steps=40,
-        clip_batch=32,
-        lm_steps=40,
-        lm_batch=16,
-        stage1_batch=16,
-        stage2_fraction=0.3,
-        stage2_batch=16,
-        eval_per_set=30,
+        scenes=1200,
+        clip_steps=200,
+        lm_steps=100,
+        eval_per_set=200,
     ),
 }
 

@@ -2,6 +2,12 @@
 
 Everything the backbones see comes from the training split only; the held-out split is
 used for evaluation and for the final question.
+
+The language model learns from the training conversations rendered in the chat template,
+with each image replaced by the scene's symbolic description: the text-only view of the
+world that LLaVA gave GPT-4 to write its instruction data. The tiny LM thus arrives at
+stage 1 as a chat model that already answers questions about a scene it is told about,
+and the connector's job is to tell it about the scene in pictures instead of words.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast
 
 from llavakit.data.instruct import write_instruct_files
-from llavakit.data.synth import write_world
+from llavakit.data.synth import describe, load_scenes, write_world
+from llavakit.data.templates import IMAGE_PLACEHOLDER, get_template
 from llavakit.demo.settings import DemoSettings
 from llavakit.tiny_tokenizer import build_tiny_tokenizer
 
@@ -28,6 +35,7 @@ class DemoWorld:
     pretrain: Path
     instruct: Path
     eval_files: dict[str, Path]
+    train_scenes: Path
     test_scenes: Path
 
     def caption_pairs(self) -> tuple[list[Path], list[str]]:
@@ -35,13 +43,17 @@ class DemoWorld:
         records = json.loads(self.pretrain.read_text())
         return [self.root / r["image"] for r in records], [r["conversations"][1]["value"] for r in records]
 
-    def texts(self) -> list[str]:
-        """Every turn of the training conversations, without image placeholders: the LM's corpus."""
+    def texts(self, template: str) -> list[str]:
+        """The LM's corpus: every training conversation in `template`, the image told in words."""
+        descriptions = {scene.image: describe(scene) for scene in load_scenes(self.train_scenes)}
+        chat = get_template(template)
         texts = []
         for path in (self.pretrain, self.instruct):
             for record in json.loads(path.read_text()):
-                for turn in record["conversations"]:
-                    texts.append(turn["value"].replace("<image>", "").strip())
+                told = descriptions[record["image"]]
+                conversation = [dict(turn, value=turn["value"].replace(IMAGE_PLACEHOLDER, told))
+                                for turn in record["conversations"]]
+                texts.append(chat.render(conversation, sample_id=record["id"]).text)
         return texts
 
 
@@ -54,10 +66,12 @@ def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
         pretrain=files["pretrain"],
         instruct=files["instruct"],
         eval_files={name: files[f"eval_{name}"] for name in EVAL_SETS if f"eval_{name}" in files},
+        train_scenes=manifest.train_path,
         test_scenes=manifest.test_path,
     )
 
 
 def make_tokenizer(texts: list[str], settings: DemoSettings) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the world's text (`DemoWorld.texts`), so its words are single tokens."""
+    """A byte-level BPE tokenizer trained on the world's chat text (`DemoWorld.texts`), so its words and the
+    template's are single tokens (a prompt the tokenizer never saw would cost a token per letter)."""
     return build_tiny_tokenizer(extra_texts=texts, vocab_size=settings.vocab_size)

@@ -1,0 +1,40 @@
+"""The demo's text side: the LM's corpus is the chat the model will read, with each image told in words."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llavakit.data.synth import describe, load_scenes
+from llavakit.data.templates import get_template
+from llavakit.demo.settings import preset
+from llavakit.demo.world import make_tokenizer, make_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world"), preset("quick").replace(scenes=30))
+
+
+def test_lm_corpus_is_the_chat_with_scenes_described(world):
+    texts = world.texts("vicuna_v1")
+    records = json.loads(world.pretrain.read_text()) + json.loads(world.instruct.read_text())
+    assert len(texts) == len(records)
+    scenes = {scene.image: scene for scene in load_scenes(world.train_scenes)}
+    system = get_template("vicuna_v1").system
+    for text, record in zip(texts, records):
+        assert text.startswith(system) and "<image>" not in text
+        assert describe(scenes[record["image"]]) in text
+        assert text.endswith("</s>")
+    test_images = {scene.image for scene in load_scenes(world.test_scenes)}
+    assert not test_images & {record["image"] for record in records}
+
+
+def test_tokenizer_reads_the_template_in_words(world):
+    tokenizer = make_tokenizer(world.texts("vicuna_v1"), preset("quick"))
+    system = get_template("vicuna_v1").system
+    words = len(system.split())
+    # Every word of the system prompt is one token (plus its punctuation), not one per letter.
+    assert len(tokenizer(system, add_special_tokens=False)["input_ids"]) <= words + 8
+    assert tokenizer.tokenize(" ASSISTANT:") == ["ĠASSISTANT", ":"]
