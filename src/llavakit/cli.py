@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
         description="Generates a synthetic world of shapes, pretrains a tiny CLIP and language model on it, "
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
-        "and answers a question. Offline; about 8 minutes on 2 CPU cores (--size quick: about 4).")
+        "and answers a question. Offline; about 8 minutes on 2 CPU cores (--size quick: about 5).")
     demo.add_argument("--size", choices=("full", "quick"), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")
     demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")
