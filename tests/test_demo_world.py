@@ -8,6 +8,7 @@ import pytest
 
 from llavakit.data.synth import describe, load_scenes
 from llavakit.data.templates import get_template
+from llavakit.demo.pipeline import STAGE2_TEMPLATE
 from llavakit.demo.settings import preset
 from llavakit.demo.world import make_tokenizer, make_world
 
@@ -18,11 +19,11 @@ def world(tmp_path_factory):
 
 
 def test_lm_corpus_is_the_chat_with_scenes_described(world):
-    texts = world.texts("vicuna_v1")
+    texts = world.texts(STAGE2_TEMPLATE)
     records = json.loads(world.pretrain.read_text()) + json.loads(world.instruct.read_text())
     assert len(texts) == len(records)
     scenes = {scene.image: scene for scene in load_scenes(world.train_scenes)}
-    system = get_template("vicuna_v1").system
+    system = get_template(STAGE2_TEMPLATE).system
     for text, record in zip(texts, records):
         assert text.startswith(system) and "<image>" not in text
         assert describe(scenes[record["image"]]) in text
@@ -32,8 +33,8 @@ def test_lm_corpus_is_the_chat_with_scenes_described(world):
 
 
 def test_tokenizer_reads_the_template_in_words(world):
-    tokenizer = make_tokenizer(world.texts("vicuna_v1"), preset("quick"))
-    system = get_template("vicuna_v1").system
+    tokenizer = make_tokenizer(world.texts(STAGE2_TEMPLATE), preset("quick"))
+    system = get_template(STAGE2_TEMPLATE).system
     words = len(system.split())
     # Every word of the system prompt is one token (plus its punctuation), not one per letter.
     assert len(tokenizer(system, add_special_tokens=False)["input_ids"]) <= words + 8
