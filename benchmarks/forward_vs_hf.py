@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from llavakit import LlavaKitForCausalLM
-from llavakit.model.convert import export_to_transformers
-from llavakit.tiny_models import tiny_llava_config, tiny_text_config, tiny_vision_config
+from llavakit.interop.transformers_llava import export_to_transformers
+from llavakit.tiny import tiny_llava_config, tiny_text_config, tiny_vision_config
 
 IMAGE_TOKEN = 1000
 

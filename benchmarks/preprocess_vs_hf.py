@@ -29,14 +29,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 import torch
+from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig
 
-from llavakit.data.highres import HighResConfig, anyres_crops, preprocess_highres_batch, transformers_image_processor
-from llavakit.data.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig
 from llavakit.model import anyres
 from llavakit.model.configuration import LlavaKitConfig, load_model_config
+from llavakit.processing.highres import (
+    HighResConfig,
+    anyres_crops,
+    preprocess_highres_batch,
+    transformers_image_processor,
+)
+from llavakit.processing.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig
 
 PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
@@ -81,7 +86,11 @@ def _build_fast(slow):
     from transformers import LlavaNextImageProcessor, LlavaOnevisionImageProcessor
 
     cls = LlavaOnevisionImageProcessor if "Onevision" in type(slow).__name__ else LlavaNextImageProcessor
-    kwargs = {k: v for k, v in slow.to_dict().items() if k in ("size", "crop_size", "image_grid_pinpoints", "image_mean", "image_std", "resample")}
+    kwargs = {
+        k: v
+        for k, v in slow.to_dict().items()
+        if k in ("size", "crop_size", "image_grid_pinpoints", "image_mean", "image_std", "resample")
+    }
     return cls(**kwargs)
 
 
@@ -99,7 +108,9 @@ def best_times(runs: dict, repeats: int) -> dict[str, float]:
     return best
 
 
-def compare(name: str, highres: HighResConfig, config: ImageProcessingConfig, photos, repeats: int, threads: int) -> None:
+def compare(
+    name: str, highres: HighResConfig, config: ImageProcessingConfig, photos, repeats: int, threads: int
+) -> None:
     slow = transformers_image_processor(highres, config)
     fast = None
     try:
@@ -160,7 +171,9 @@ def compare(name: str, highres: HighResConfig, config: ImageProcessingConfig, ph
         row(f"llavakit pil resize, {threads} threads", t["pool"])
     if fast is not None:
         fast_out = [fast(photo, return_tensors="pt") for photo in photos]
-        fast_diff = max(float(np.abs(o.pixel_values - f["pixel_values"][0].numpy()).max()) for o, f in zip(ours, fast_out))
+        fast_diff = max(
+            float(np.abs(o.pixel_values - f["pixel_values"][0].numpy()).max()) for o, f in zip(ours, fast_out)
+        )
         row(type(fast).__name__ + " (fast, torchvision)", t["fast"])
         print(f"  max |llavakit pil - fast| = {fast_diff:.3g}")
     else:
@@ -185,7 +198,9 @@ MODEL_SPECS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 def token_table() -> None:
     """Visual tokens per image for the published geometries (patch features; newlines included), as Markdown."""
-    clip336 = CLIPVisionConfig(image_size=336, patch_size=14, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    clip336 = CLIPVisionConfig(
+        image_size=336, patch_size=14, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
     text = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     fixed = LlavaKitConfig(vision_config=clip336, text_config=text)
     onevision = load_model_config(MODEL_SPECS / "llava-onevision-qwen2-7b.yaml")

@@ -41,16 +41,38 @@ from rich.table import Table
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from llavakit import LlavaKitForCausalLM
-from llavakit.config import load_config
-from llavakit.data.collator import PackingCollator, PaddingCollator
+from llavakit.data.batching import PackingCollator, PaddingCollator
 from llavakit.data.dataset import DatasetSpec, LlavaDataset
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.convert import export_to_transformers
-from llavakit.tiny_models import tiny_llava_config, tiny_text_config, tiny_vision_config
-from llavakit.tiny_tokenizer import build_tiny_tokenizer
+from llavakit.interop.transformers_llava import export_to_transformers
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import (
+    build_tiny_tokenizer,
+    tiny_llava_config,
+    tiny_text_config,
+    tiny_vision_config,
+)
+from llavakit.train.config import load_config
 from llavakit.train.run import run_training
 
-WORDS = "red green blue circle square triangle left right top bottom small large there is a the and".split()
+WORDS = [
+    "red",
+    "green",
+    "blue",
+    "circle",
+    "square",
+    "triangle",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    "small",
+    "large",
+    "there",
+    "is",
+    "a",
+    "the",
+    "and",
+]
 MAX_LENGTH = 512
 
 
@@ -63,12 +85,27 @@ def write_data(folder: Path, samples: int, seed: int) -> Path:
         words = int(math.exp(rng.uniform(math.log(3), math.log(250))))  # log-uniform: many short, some long
         answer = " ".join(rng.choice(WORDS) for _ in range(words))
         if i % 5 == 4:
-            records.append({"id": f"t{i}", "conversations": [
-                {"from": "human", "value": "Tell me about shapes."}, {"from": "gpt", "value": answer}]})
+            records.append(
+                {
+                    "id": f"t{i}",
+                    "conversations": [
+                        {"from": "human", "value": "Tell me about shapes."},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
             continue
         Image.new("RGB", (64, 48), tuple(rng.randrange(256) for _ in range(3))).save(folder / f"{i}.png")
-        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the picture."}, {"from": "gpt", "value": answer}]})
+        records.append(
+            {
+                "id": f"s{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the picture."},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
     path = folder / "data.json"
     path.write_text(json.dumps(records))
     return path
@@ -123,36 +160,66 @@ class _DropSkipped:
         return batch
 
 
-def train_transformers(
-    exported, dataset: LlavaDataset, pad_id: int, batch: int, accumulation: int, out: Path
-) -> float:
+def train_transformers(exported, dataset: LlavaDataset, pad_id: int, batch: int, accumulation: int, out: Path) -> float:
     """Plain Trainer, padding, random batches; the vision tower frozen as in llavakit's stage 2."""
     exported.model.vision_tower.requires_grad_(False)
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        num_train_epochs=1, learning_rate=1e-4,
-        lr_scheduler_type="cosine", warmup_steps=0.03, optim="adamw_torch", save_strategy="no", report_to="none",
-        logging_strategy="no", disable_tqdm=True, remove_unused_columns=False, seed=0,
-        use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(),
+        output_dir=str(out),
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.03,
+        optim="adamw_torch",
+        save_strategy="no",
+        report_to="none",
+        logging_strategy="no",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        seed=0,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
     )
     timer = TrainTimer()
-    trainer = Trainer(model=exported.train(), args=args, train_dataset=dataset, callbacks=[timer],
-                      data_collator=_DropSkipped(PaddingCollator(pad_id, max_length=MAX_LENGTH)))
+    trainer = Trainer(
+        model=exported.train(),
+        args=args,
+        train_dataset=dataset,
+        callbacks=[timer],
+        data_collator=_DropSkipped(PaddingCollator(pad_id, max_length=MAX_LENGTH)),
+    )
     trainer.train()
     return timer.seconds
 
 
 def train_llavakit(checkpoint: Path, data: Path, batch: int, accumulation: int, out: Path) -> float:
-    config = load_config(None, [
-        f"model.checkpoint={checkpoint}", f"data.datasets=[{{path: {data}}}]", "data.template=vicuna_v1",
-        f"data.max_length={MAX_LENGTH}", "data.packing=true", "data.group_by_modality=true",
-        "stage.name=finetune", f"optimization.global_batch_size={batch * accumulation}",
-        f"optimization.per_device_batch_size={batch}",
-        "optimization.epochs=1", "optimization.lr=1e-4", "optimization.connector_lr=1e-4", "optimization.seed=0",
-        "optimization.gradient_checkpointing=false", "optimization.precision=auto", "optimization.optimizer=adamw_torch",
-        f"output.dir={out}", "output.save_steps=0", "output.report_to=none", "output.plot=false",
-        "output.progress_bar=false",
-    ])
+    config = load_config(
+        None,
+        [
+            f"model.checkpoint={checkpoint}",
+            f"data.datasets=[{{path: {data}}}]",
+            "data.template=vicuna_v1",
+            f"data.max_length={MAX_LENGTH}",
+            "data.packing=true",
+            "data.group_by_modality=true",
+            "stage.name=finetune",
+            f"optimization.global_batch_size={batch * accumulation}",
+            f"optimization.per_device_batch_size={batch}",
+            "optimization.epochs=1",
+            "optimization.lr=1e-4",
+            "optimization.connector_lr=1e-4",
+            "optimization.seed=0",
+            "optimization.gradient_checkpointing=false",
+            "optimization.precision=auto",
+            "optimization.optimizer=adamw_torch",
+            f"output.dir={out}",
+            "output.save_steps=0",
+            "output.report_to=none",
+            "output.plot=false",
+            "output.progress_bar=false",
+        ],
+    )
     timer = TrainTimer()
     run_training(config, callbacks=[timer])
     return timer.seconds
@@ -183,8 +250,10 @@ def main() -> None:
         ours_time = train_llavakit(root / "checkpoint", data, args.batch, args.accumulation, root / "llavakit")
 
     ours_rate, theirs_rate = tokens / ours_time, tokens / theirs_time
-    table = Table(title=f"one epoch: {len(lengths)} samples, {tokens:,} real tokens "
-                        f"(lengths {min(lengths)}..{max(lengths)}), batch {args.batch} x {args.accumulation}")
+    table = Table(
+        title=f"one epoch: {len(lengths)} samples, {tokens:,} real tokens "
+        f"(lengths {min(lengths)}..{max(lengths)}), batch {args.batch} x {args.accumulation}"
+    )
     for column in ("", "seconds", "real tokens / s", "shared-batch loss"):
         table.add_column(column, justify="left" if not column else "right")
     table.add_row("llavakit (packing + grouping)", f"{ours_time:.1f}", f"{ours_rate:,.0f}", f"{ours_loss:.6f}")

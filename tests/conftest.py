@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llavakit.tiny_tokenizer import build_tiny_tokenizer
+from llavakit.tiny import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

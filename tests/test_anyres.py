@@ -19,11 +19,15 @@ import pytest
 import torch
 from transformers import LlavaNextProcessor, LlavaOnevisionProcessor
 from transformers.image_processing_utils import get_patch_output_size
-from transformers.image_processing_utils import select_best_resolution as hf_select_best_resolution
+from transformers.image_processing_utils import (
+    select_best_resolution as hf_select_best_resolution,
+)
 from transformers.image_transforms import divide_to_patches
 from transformers.image_utils import ChannelDimension
 from transformers.models.llava_next import modeling_llava_next as hf_next
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
 from transformers.models.llava_onevision import modeling_llava_onevision as hf_ov
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
     LlavaOnevisionImageProcessorPil,
@@ -181,9 +185,7 @@ def test_crop_boxes_match_divide_to_patches():
         anyres.crop_boxes((100, 64), 32)
 
 
-@pytest.mark.parametrize(
-    ("pinpoints", "crop"), [(NEXT_PINPOINTS, 336), (OV_PINPOINTS, 384)], ids=["next", "onevision"]
-)
+@pytest.mark.parametrize(("pinpoints", "crop"), [(NEXT_PINPOINTS, 336), (OV_PINPOINTS, 384)], ids=["next", "onevision"])
 def test_grid_shape_and_cells_match_transformers(pinpoints, crop):
     for size in random_sizes(300, seed=3):
         shape = anyres.anyres_grid_shape(size, pinpoints, crop)
@@ -261,8 +263,12 @@ def test_pack_matches_transformers_llava_next():
     for size, feats, reference, length in zip(sizes, features, theirs, lens):
         ours = anyres.pack_anyres_features(feats, size, TINY_PINPOINTS, CROP, newline=newline)
         assert torch.equal(ours, reference), size
-        assert ours.shape[0] == length == anyres.num_image_tokens(
-            "anyres", size, crop_size=CROP, patch_size=CROP // SIDE, pinpoints=TINY_PINPOINTS
+        assert (
+            ours.shape[0]
+            == length
+            == anyres.num_image_tokens(
+                "anyres", size, crop_size=CROP, patch_size=CROP // SIDE, pinpoints=TINY_PINPOINTS
+            )
         )
 
 
@@ -316,9 +322,7 @@ def _tokenizer():
     )
 
 
-@pytest.mark.parametrize(
-    ("strategy", "extra"), [("default", 1), ("full", 0)], ids=["clip-default", "no-cls-full"]
-)
+@pytest.mark.parametrize(("strategy", "extra"), [("default", 1), ("full", 0)], ids=["clip-default", "no-cls-full"])
 def test_num_image_tokens_match_llava_next_processor(strategy, extra):
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_grid_pinpoints=NEXT_PINPOINTS
@@ -445,7 +449,7 @@ def test_video_newline_layout(placement):
 def test_tiny_llava_next_model_features_have_our_count():
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-    from llavakit.tiny_models import tiny_text_config, tiny_vision_config
+    from llavakit.tiny import tiny_text_config, tiny_vision_config
 
     torch.manual_seed(0)
     config = LlavaNextConfig(
@@ -465,7 +469,10 @@ def test_tiny_llava_next_model_features_have_our_count():
     inputs = image_processor(images, return_tensors="pt")
     with torch.no_grad():
         packed = model.model.get_image_features(
-            inputs["pixel_values"], inputs["image_sizes"], vision_feature_layer=-2, vision_feature_select_strategy="default"
+            inputs["pixel_values"],
+            inputs["image_sizes"],
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
         ).pooler_output
     for size, features in zip(sizes, packed):
         expected = anyres.num_image_tokens("anyres", size, crop_size=CROP, patch_size=8, pinpoints=TINY_PINPOINTS)

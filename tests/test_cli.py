@@ -11,11 +11,11 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 
 from llavakit import LlavaKitForCausalLM
 from llavakit.cli import main
-from llavakit.data.images import CLIP_MEAN, CLIP_STD
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.convert import transformers_config_from_llavakit
+from llavakit.interop.transformers_llava import transformers_config_from_llavakit
+from llavakit.processing.images import CLIP_MEAN, CLIP_STD
+from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.serve.chat import ChatSession, bundled_image_path, tiny_random_chat_model
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.tiny import tiny_llava_config
 
 PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
 
@@ -35,12 +35,18 @@ def transformers_folder(tmp_path_factory, tiny_tokenizer):
     torch.manual_seed(0)
     LlavaForConditionalGeneration(config).save_pretrained(folder)
     image_processor = LlavaImageProcessorPil(
-        do_pad=True, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-        image_mean=CLIP_MEAN, image_std=CLIP_STD,
+        do_pad=True,
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
     )
     LlavaProcessor(
-        image_processor=image_processor, tokenizer=tiny_tokenizer, patch_size=8,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=image_processor,
+        tokenizer=tiny_tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
     ).save_pretrained(folder)
     return folder
 
@@ -77,7 +83,9 @@ def test_export_loads_in_transformers_and_matches(tmp_path, transformers_folder)
     ours_inputs = ours_processor(text=prompt, images=[photo(1)], return_tensors="pt")
     assert torch.equal(ours_inputs["input_ids"], theirs_inputs["input_ids"])
     with torch.no_grad():
-        torch.testing.assert_close(ours_model(**ours_inputs).logits, exported(**theirs_inputs).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            ours_model(**ours_inputs).logits, exported(**theirs_inputs).logits, atol=1e-4, rtol=0
+        )
 
 
 def test_export_of_linear_connector_names_it(tmp_path, tiny_tokenizer, capsys):
@@ -118,7 +126,7 @@ def test_chat_answer_is_greedy_continuation_of_the_prompt():
         if int(next_id) in processor.stop_token_ids:
             break
         ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
-    expected = processor.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    expected = processor.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert answer == expected
     assert session.turns[-1] == {"role": "assistant", "content": answer}
     with pytest.raises(ValueError, match="empty"):
@@ -126,9 +134,8 @@ def test_chat_answer_is_greedy_continuation_of_the_prompt():
 
 
 def test_import_original_llava_folder_with_its_tokenizer(tmp_path, tiny_tokenizer):
+    from llavakit.interop.transformers_llava import import_original_llava
     from test_convert import _original_checkpoint
-
-    from llavakit.model.convert import import_original_llava
 
     folder, *_ = _original_checkpoint(tmp_path, "clip", "llama", "mlp2x_gelu", vision_inside=False)
     tiny_tokenizer.save_pretrained(folder)

@@ -8,15 +8,15 @@ import torch
 from transformers.masking_utils import find_packed_sequence_indices
 
 from llavakit import LlavaKitForCausalLM
-from llavakit.data.collator import (
+from llavakit.data.batching import (
     ModalityLengthGroupedSampler,
     PackingCollator,
     PaddingCollator,
     first_fit,
     modality_length_grouped_indices,
 )
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import tiny_llava_config
 
 PAD = 3
 
@@ -75,7 +75,9 @@ def grid_item(sample_id: str, ids: list[int], crops: list[int], frames: list[int
         feature["image_sizes"] = torch.tensor([[10 * number + k, 20] for k in range(len(crops))])
         feature["image_num_crops"] = torch.tensor(crops)
     if frames:
-        feature["pixel_values_videos"] = torch.cat([torch.full((n, 3, 2, 2), -number - k / 10) for k, n in enumerate(frames)])
+        feature["pixel_values_videos"] = torch.cat(
+            [torch.full((n, 3, 2, 2), -number - k / 10) for k, n in enumerate(frames)]
+        )
         feature["video_num_frames"] = torch.tensor(frames)
     return feature
 
@@ -125,7 +127,9 @@ def test_collators_fill_video_counts_and_reject_layouts_that_do_not_add_up():
     assert batch["video_num_frames"].tolist() == [3, 2, 2, 4] and batch["pixel_values_videos"].shape[0] == 11
     with pytest.raises(ValueError, match=r"'s4': image_num_crops \[3\] adds up to 3, but its pixel_values holds 2"):
         collator([{**grid_item("s4", [1], crops=[2]), "image_num_crops": torch.tensor([3])}])
-    with pytest.raises(ValueError, match=r"'s5': video_num_frames \[1\] adds up to 1, but its pixel_values_videos holds 2"):
+    with pytest.raises(
+        ValueError, match=r"'s5': video_num_frames \[1\] adds up to 1, but its pixel_values_videos holds 2"
+    ):
         collator([{**grid_item("s5", [1], crops=[], frames=[2]), "video_num_frames": torch.tensor([1])}])
     with pytest.raises(ValueError, match=r"'s6': 2 image_sizes but 1 image_num_crops"):
         collator([{**grid_item("s6", [1], crops=[2]), "image_sizes": torch.tensor([[1, 1], [2, 2]])}])

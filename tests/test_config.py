@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llavakit.config import (
+from llavakit.train.config import (
     DatasetConfig,
     TrainConfig,
     apply_overrides,
@@ -19,7 +19,7 @@ from llavakit.config import (
     save_config,
     to_dict,
 )
-from llavakit.train.stages import resolve_config
+from llavakit.train.recipes import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -117,18 +117,72 @@ def test_every_recipe_loads_and_resolves():
 
 # (connector, vision, language, template, image mode, lr, global batch, epochs, data file) per the papers
 PAPER = {
-    "llava/pretrain-7b.yaml": ("linear", "openai/clip-vit-large-patch14", "lmsys/vicuna-7b-v1.3", "plain", "square",
-                               2e-3, 128, 1, "chat.json"),
-    "llava/finetune-7b.yaml": ("linear", "openai/clip-vit-large-patch14", "lmsys/vicuna-7b-v1.3", "vicuna_v1",
-                               "square", 2e-5, 32, 3, "llava_instruct_158k.json"),
-    "llava-1.5/pretrain-7b.yaml": ("mlp2x_gelu", "openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5", "plain",
-                                   "square", 1e-3, 256, 1, "blip_laion_cc_sbu_558k.json"),
-    "llava-1.5/pretrain-13b.yaml": ("mlp2x_gelu", "openai/clip-vit-large-patch14-336", "lmsys/vicuna-13b-v1.5",
-                                    "plain", "square", 1e-3, 256, 1, "blip_laion_cc_sbu_558k.json"),
-    "llava-1.5/finetune-7b.yaml": ("mlp2x_gelu", "openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5",
-                                   "vicuna_v1", "pad", 2e-5, 128, 1, "llava_v1_5_mix665k.json"),
-    "llava-1.5/finetune-13b.yaml": ("mlp2x_gelu", "openai/clip-vit-large-patch14-336", "lmsys/vicuna-13b-v1.5",
-                                    "vicuna_v1", "pad", 2e-5, 128, 1, "llava_v1_5_mix665k.json"),
+    "llava/pretrain-7b.yaml": (
+        "linear",
+        "openai/clip-vit-large-patch14",
+        "lmsys/vicuna-7b-v1.3",
+        "plain",
+        "square",
+        2e-3,
+        128,
+        1,
+        "chat.json",
+    ),
+    "llava/finetune-7b.yaml": (
+        "linear",
+        "openai/clip-vit-large-patch14",
+        "lmsys/vicuna-7b-v1.3",
+        "vicuna_v1",
+        "square",
+        2e-5,
+        32,
+        3,
+        "llava_instruct_158k.json",
+    ),
+    "llava-1.5/pretrain-7b.yaml": (
+        "mlp2x_gelu",
+        "openai/clip-vit-large-patch14-336",
+        "lmsys/vicuna-7b-v1.5",
+        "plain",
+        "square",
+        1e-3,
+        256,
+        1,
+        "blip_laion_cc_sbu_558k.json",
+    ),
+    "llava-1.5/pretrain-13b.yaml": (
+        "mlp2x_gelu",
+        "openai/clip-vit-large-patch14-336",
+        "lmsys/vicuna-13b-v1.5",
+        "plain",
+        "square",
+        1e-3,
+        256,
+        1,
+        "blip_laion_cc_sbu_558k.json",
+    ),
+    "llava-1.5/finetune-7b.yaml": (
+        "mlp2x_gelu",
+        "openai/clip-vit-large-patch14-336",
+        "lmsys/vicuna-7b-v1.5",
+        "vicuna_v1",
+        "pad",
+        2e-5,
+        128,
+        1,
+        "llava_v1_5_mix665k.json",
+    ),
+    "llava-1.5/finetune-13b.yaml": (
+        "mlp2x_gelu",
+        "openai/clip-vit-large-patch14-336",
+        "lmsys/vicuna-13b-v1.5",
+        "vicuna_v1",
+        "pad",
+        2e-5,
+        128,
+        1,
+        "llava_v1_5_mix665k.json",
+    ),
 }
 
 
@@ -138,11 +192,18 @@ def test_paper_recipes_hold_the_papers_settings(name):
     config = resolve_config(load_config(CONFIGS / name))
     assert (config.model.connector, config.model.vision, config.model.language) == (connector, vision, language)
     assert (config.data.template, config.data.image_mode) == (template, image_mode)
-    assert (config.optimization.lr, config.optimization.global_batch_size, config.optimization.epochs) == (lr, batch, epochs)
+    assert (config.optimization.lr, config.optimization.global_batch_size, config.optimization.epochs) == (
+        lr,
+        batch,
+        epochs,
+    )
     assert Path(config.data.datasets[0].path).name == data_file
     assert config.model.vision_feature_layer == -2 and config.data.max_length == 2048
     assert (config.optimization.warmup_ratio, config.optimization.scheduler, config.optimization.weight_decay) == (
-        0.03, "cosine", 0.0)
+        0.03,
+        "cosine",
+        0.0,
+    )
     stage2 = name.split("/")[1].startswith("finetune")
     assert config.stage.name == ("finetune" if stage2 else "pretrain")
     assert config.stage.train_llm is stage2 and config.stage.train_connector and not config.stage.train_vision

@@ -18,7 +18,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from llavakit.model.convert import (
+from llavakit.interop.transformers_llava import (
     export_to_transformers,
     import_original_llava,
     import_transformers_llava,
@@ -29,8 +29,8 @@ from llavakit.model.convert import (
     transformers_config_from_llavakit,
     transformers_state_dict_from_llavakit,
 )
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config, tiny_text_config, tiny_vision_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.tiny import tiny_llava_config, tiny_text_config, tiny_vision_config
 
 IMAGE_TOKEN = 600
 VOCAB = 640

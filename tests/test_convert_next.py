@@ -19,17 +19,22 @@ from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
 )
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
     LlavaOnevisionImageProcessorPil,
 )
 
 from llavakit.cli import main
-from llavakit.data.processor import LlavaKitProcessor
+from llavakit.interop.transformers_next import (
+    export_to_transformers_llava_next,
+    import_transformers_llava_next,
+)
 from llavakit.model import anyres
-from llavakit.model.convert_next import export_to_transformers_llava_next, import_transformers_llava_next
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config, tiny_text_config, tiny_vision_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import tiny_llava_config, tiny_text_config, tiny_vision_config
 
 NEXT_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
 ATOL = 1e-4
@@ -105,7 +110,9 @@ def test_llava_next_import_matches_transformers(hf_next, tiny_tokenizer):
                   pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])  # fmt: skip
     torch.testing.assert_close(_logits(ours, **batch), ref, atol=ATOL, rtol=0)
     # transformers' own padded (images, crops, 3, S, S) layout drives our model too.
-    hf_processor = processor.to_transformers_next(patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    hf_processor = processor.to_transformers_next(
+        patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    )
     hf_batch = hf_processor(text=texts, images=images, return_tensors="pt", padding=True)
     assert hf_batch["pixel_values"].dim() == 5
     torch.testing.assert_close(_logits(ours, **hf_batch), _logits(hf_next, **hf_batch), atol=ATOL, rtol=0)
@@ -124,7 +131,9 @@ def test_onevision_import_single_image(hf_onevision, onevision):
     image = _image((110, 170), 4)  # a 4x6 grid of crops: 16x24 features, reduced to fit 2 crops
     batch = processor("<|im_start|>user\n<image>\nDescribe.<|im_end|>", images=image)
     assert int((batch["input_ids"] == ours.config.image_token_id).sum()) < 16 + 16 * 25
-    ref = _logits(hf_onevision, input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])
+    ref = _logits(
+        hf_onevision, input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]
+    )
     torch.testing.assert_close(_logits(ours, **batch), ref, atol=ATOL, rtol=0)
 
 
@@ -178,7 +187,12 @@ def _llavakit_model(tiny_tokenizer, **fields) -> LlavaKitForCausalLM:
         ({"image_mode": "anyres"}, "llava_next"),
         ({"image_mode": "hd", "image_base_first": True}, "llava_next"),
         (
-            {"image_mode": "anyres_max_3", "vision": "siglip", "text": "qwen2", "vision_feature_select_strategy": "full"},
+            {
+                "image_mode": "anyres_max_3",
+                "vision": "siglip",
+                "text": "qwen2",
+                "vision_feature_select_strategy": "full",
+            },
             "llava_onevision",
         ),
     ],
@@ -207,7 +221,9 @@ def test_export_refuses_what_transformers_cannot_represent(tiny_tokenizer):
         export_to_transformers_llava_next(_llavakit_model(tiny_tokenizer, image_mode="anyres", connector="linear"))
     with pytest.raises(ValueError, match="no video_token_id"):
         export_to_transformers_llava_next(
-            _llavakit_model(tiny_tokenizer, image_mode="anyres_max_9", vision="siglip", vision_feature_select_strategy="full")
+            _llavakit_model(
+                tiny_tokenizer, image_mode="anyres_max_9", vision="siglip", vision_feature_select_strategy="full"
+            )
         )
     with pytest.raises(ValueError, match="fixed-resolution models export"):
         export_to_transformers_llava_next(_llavakit_model(tiny_tokenizer))
@@ -232,7 +248,9 @@ def test_cli_round_trip_llava_next(hf_next, tiny_tokenizer, tmp_path):
     ours = LlavaKitForCausalLM.from_pretrained(tmp_path / "kit").eval()
     processor = LlavaKitProcessor.from_pretrained(tmp_path / "kit")
     batch = processor("USER: <image>\nhi ASSISTANT:", images=_image((70, 20), 11))
-    expected = _logits(hf_next, input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])
+    expected = _logits(
+        hf_next, input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"]
+    )
     torch.testing.assert_close(_logits(ours, **batch), expected, atol=ATOL, rtol=0)
 
     assert main(["export", str(tmp_path / "kit"), str(tmp_path / "out")]) == 0

@@ -21,10 +21,10 @@ from llavakit.data.dataset import (
     load_records,
     validate_record,
 )
-from llavakit.data.images import load_image
-from llavakit.data.processor import IGNORE_INDEX, LlavaKitProcessor
-from llavakit.data.video import FrameSampling
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.processing.images import load_image
+from llavakit.processing.processor import IGNORE_INDEX, LlavaKitProcessor
+from llavakit.processing.video import FrameSampling
+from llavakit.tiny import tiny_llava_config
 
 MAX_LENGTH = 160
 
@@ -145,7 +145,7 @@ def test_load_records_json_list_and_file_errors(tmp_path):
 
 def test_every_bad_sample_is_reported_with_its_id_and_reason(data_dir, processor):
     report = check_data([DatasetSpec(data_dir / "mix.jsonl")], processor, MAX_LENGTH)
-    found = {sample_id: reason for sample_id, reason in report.bad_samples}
+    found = dict(report.bad_samples)
     expected = {sample_id: category for sample_id, (_, category) in BAD.items()}
     expected["mix.jsonl:3"] = "malformed JSON"
     expected[f"mix.jsonl:{len(GOOD) + len(BAD) + 3}"] = "malformed record"
@@ -272,7 +272,7 @@ def test_downsampling_is_seeded_and_keeps_file_order(tmp_path, processor):
     first = ids(0)
     assert len(first) == 30 + 10 and first == ids(0) and first[:30] != ids(1)[:30]
     picked = [int(sample_id[1:]) for sample_id in first[:30]]
-    assert picked == sorted(set(picked)) and 0 <= min(picked) and max(picked) < 100
+    assert picked == sorted(set(picked)) and min(picked) >= 0 and max(picked) < 100
     assert first[30:] == [f"s{i}" for i in range(10)]  # fraction 1: everything, in order
     dataset = LlavaDataset(specs, processor, None)
     assert dataset.dataset_name(0) == "a" and dataset.dataset_name(39) == "short"
@@ -304,7 +304,9 @@ def video_processor(tokenizer, max_frames: int = 4) -> LlavaKitProcessor:
     config = tiny_llava_config(
         tokenizer.convert_tokens_to_ids("<image>"), video_token_id=tokenizer.convert_tokens_to_ids("<video>")
     )
-    return LlavaKitProcessor.from_model_config(tokenizer, config, "vicuna_v1", video_sampling=FrameSampling(max_frames=max_frames))
+    return LlavaKitProcessor.from_model_config(
+        tokenizer, config, "vicuna_v1", video_sampling=FrameSampling(max_frames=max_frames)
+    )
 
 
 def write_frames(folder, count: int) -> None:
@@ -327,7 +329,10 @@ VIDEO_BAD = {
     "no-frames": ({"video": "empty", "conversations": chat("<video>\nWhat?", "A cat.")}, "corrupt video"),
     "no-placeholder": ({"video": "frames", "conversations": chat("What?", "A cat.")}, "<video> count mismatch"),
     "placeholder-only": ({"conversations": chat("<video>\nWhat?", "A cat.")}, "<video> count mismatch"),
-    "bad-video-field": ({"video": ["frames", 3], "conversations": chat("<video>\nWhat?", "A cat.")}, "malformed record"),
+    "bad-video-field": (
+        {"video": ["frames", 3], "conversations": chat("<video>\nWhat?", "A cat.")},
+        "malformed record",
+    ),
 }
 
 

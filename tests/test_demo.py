@@ -19,6 +19,7 @@ from llavakit.serve.chat import ChatSession, load_chat_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     torch.set_num_threads(2)

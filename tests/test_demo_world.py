@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from llavakit.data.synth import describe, load_scenes
-from llavakit.data.templates import get_template
 from llavakit.demo.pipeline import STAGE2_TEMPLATE
 from llavakit.demo.settings import preset
 from llavakit.demo.world import make_tokenizer, make_world
+from llavakit.processing.templates import get_template
+from llavakit.synthetic.world import describe, load_scenes
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,12 @@ import pytest
 from llavakit.eval.counting import count_label, counting_correct, parse_count
 from llavakit.eval.metrics import get_task, grouped_metrics, task_metrics
 from llavakit.eval.pope import pope_answer, pope_label, pope_metrics
-from llavakit.eval.vqa import exact_match, normalize_answer, process_punctuation, vqa_accuracy
-
+from llavakit.eval.vqa import (
+    exact_match,
+    normalize_answer,
+    process_punctuation,
+    vqa_accuracy,
+)
 
 # ---- VQA normalisation ---------------------------------------------------------------------
 

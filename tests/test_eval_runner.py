@@ -16,16 +16,22 @@ from PIL import Image
 from rich.console import Console
 
 from llavakit.cli import main
-from llavakit.data.images import CLIP_MEAN, CLIP_STD
-from llavakit.data.instruct import chance_accuracy, majority_accuracy, write_instruct_files
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.data.synth import write_world
+from llavakit.eval.baselines import baselines, chance_accuracy, majority_accuracy
 from llavakit.eval.metrics import task_metrics
-from llavakit.eval.questions import baselines, infer_task, load_question_set, read_questions, set_name
+from llavakit.eval.questions import (
+    infer_task,
+    load_question_set,
+    read_questions,
+    set_name,
+)
 from llavakit.eval.report import result_table, results_markdown, results_table
 from llavakit.eval.runner import evaluate, evaluate_files, question_prompt
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.images import CLIP_MEAN, CLIP_STD
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.synthetic.instruct import write_instruct_files
+from llavakit.synthetic.world import write_world
+from llavakit.tiny import tiny_llava_config
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 60), "yellow": (230, 220, 40)}
 
@@ -105,8 +111,10 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny, image_folder):
             ]
         )
     ]
-    lengths = {len(processor(question_prompt(processor, q), images=[Image.new("RGB", (8, 8))])["input_ids"][0])
-               for q in questions}
+    lengths = {
+        len(processor(question_prompt(processor, q), images=[Image.new("RGB", (8, 8))])["input_ids"][0])
+        for q in questions
+    }
     assert len(lengths) > 2  # the batch really needs padding
     side = processor.tokenizer.padding_side
     one_by_one = evaluate(model, processor, questions, image_folder, batch_size=1, max_new_tokens=8, progress=False)
@@ -132,7 +140,12 @@ def test_model_mode_is_restored(tiny, image_folder):
 
 def test_prompt_is_the_record_prompt_after_the_image(tiny):
     _, processor = tiny
-    record = {"id": 1, "image": "x.png", "question": "What?", "prompt": "What?\nAnswer the question using a single word or phrase."}
+    record = {
+        "id": 1,
+        "image": "x.png",
+        "question": "What?",
+        "prompt": "What?\nAnswer the question using a single word or phrase.",
+    }
     expected = processor.apply_chat_template(
         [{"role": "user", "content": "<image>\nWhat?\nAnswer the question using a single word or phrase."}],
         add_generation_prompt=True,
@@ -144,14 +157,29 @@ def test_prompt_is_the_record_prompt_after_the_image(tiny):
 def test_metrics_equal_those_recomputed_from_the_predictions_file(tiny, image_folder, tmp_path):
     model, processor = tiny
     questions = [
-        {"id": f"p{i}", "image": f"noise{i % 3}.png", "question": "Is there a red circle in the image?",
-         "answer": "yes" if i % 2 else "no", "category": "pope", "strategy": ("random", "popular")[i % 2 == 0 or i > 4],
-         "num_choices": 2}
+        {
+            "id": f"p{i}",
+            "image": f"noise{i % 3}.png",
+            "question": "Is there a red circle in the image?",
+            "answer": "yes" if i % 2 else "no",
+            "category": "pope",
+            "strategy": ("random", "popular")[i % 2 == 0 or i > 4],
+            "num_choices": 2,
+        }
         for i in range(7)
     ]
     path = tmp_path / "out" / "pope.jsonl"
-    result = evaluate(model, processor, questions, image_folder, batch_size=3, max_new_tokens=6, task="pope",
-                      predictions_path=path, progress=False)
+    result = evaluate(
+        model,
+        processor,
+        questions,
+        image_folder,
+        batch_size=3,
+        max_new_tokens=6,
+        task="pope",
+        predictions_path=path,
+        progress=False,
+    )
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [row["id"] for row in rows] == [q["id"] for q in questions]
     recomputed = task_metrics("pope", [row["prediction"] for row in rows], [row["answer"] for row in rows])
@@ -176,32 +204,98 @@ def test_runner_metrics_with_known_predictions(tiny_tokenizer, tiny, image_folde
         ("p4", "blue", "yes", "popular"),  # FN
         ("p5", "red", "yes", "adversarial"),  # TP
     ]
-    pope_file = write_jsonl(tmp_path / "eval_pope.jsonl", [
-        {"id": qid, "image": f"{colour}.png", "question": "Is there a " + "very " * i + "big circle?",
-         "answer": answer, "category": "pope", "strategy": strategy, "num_choices": 2}
-        for i, (qid, colour, answer, strategy) in enumerate(pope)
-    ])  # prompts of different lengths, so the oracle's left-padding check bites
-    counting_file = write_jsonl(tmp_path / "eval_counting.jsonl", [
-        {"id": "c1", "image": "green.png", "question": "How many?", "answer": "2", "category": "kind", "num_choices": 5},
-        {"id": "c2", "image": "yellow.png", "question": "How many?", "answer": "3", "category": "kind", "num_choices": 5},
-        {"id": "c3", "image": "yellow.png", "question": "How many?", "answer": "4", "category": "colour", "num_choices": 4},
-        {"id": "c4", "image": "red.png", "question": "How many?", "answer": "1", "category": "colour", "num_choices": 4},
-    ])
-    vqa_file = write_jsonl(tmp_path / "my_vqa.jsonl", [  # human answers: VQA accuracy with partial credit
-        {"id": "v1", "image": "green.png", "question": "How many?", "answer": ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"]},
-        {"id": "v2", "image": "blue.png", "question": "Is it?", "answer": ["no"] * 10},
-    ])
+    pope_file = write_jsonl(
+        tmp_path / "eval_pope.jsonl",
+        [
+            {
+                "id": qid,
+                "image": f"{colour}.png",
+                "question": "Is there a " + "very " * i + "big circle?",
+                "answer": answer,
+                "category": "pope",
+                "strategy": strategy,
+                "num_choices": 2,
+            }
+            for i, (qid, colour, answer, strategy) in enumerate(pope)
+        ],
+    )  # prompts of different lengths, so the oracle's left-padding check bites
+    counting_file = write_jsonl(
+        tmp_path / "eval_counting.jsonl",
+        [
+            {
+                "id": "c1",
+                "image": "green.png",
+                "question": "How many?",
+                "answer": "2",
+                "category": "kind",
+                "num_choices": 5,
+            },
+            {
+                "id": "c2",
+                "image": "yellow.png",
+                "question": "How many?",
+                "answer": "3",
+                "category": "kind",
+                "num_choices": 5,
+            },
+            {
+                "id": "c3",
+                "image": "yellow.png",
+                "question": "How many?",
+                "answer": "4",
+                "category": "colour",
+                "num_choices": 4,
+            },
+            {
+                "id": "c4",
+                "image": "red.png",
+                "question": "How many?",
+                "answer": "1",
+                "category": "colour",
+                "num_choices": 4,
+            },
+        ],
+    )
+    vqa_file = write_jsonl(
+        tmp_path / "my_vqa.jsonl",
+        [  # human answers: VQA accuracy with partial credit
+            {
+                "id": "v1",
+                "image": "green.png",
+                "question": "How many?",
+                "answer": ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"],
+            },
+            {"id": "v2", "image": "blue.png", "question": "Is it?", "answer": ["no"] * 10},
+        ],
+    )
     oracle = ColourOracle(tiny_tokenizer, REPLIES)
-    results = evaluate_files(oracle, processor, [pope_file, counting_file, vqa_file], image_folder=tmp_path / "images",
-                             batch_size=3, output_dir=tmp_path / "out", progress=False)
+    results = evaluate_files(
+        oracle,
+        processor,
+        [pope_file, counting_file, vqa_file],
+        image_folder=tmp_path / "images",
+        batch_size=3,
+        output_dir=tmp_path / "out",
+        progress=False,
+    )
     assert list(results) == ["pope", "counting", "my_vqa"]
     assert oracle.batch_sizes == [3, 2, 3, 1, 2]
 
     p = results["pope"]
     assert p.task == "pope"
     assert {k: p.metrics[k] for k in ("accuracy", "precision", "recall", "f1", "yes_ratio", "chance", "majority")} == (
-        pytest.approx({"accuracy": 0.6, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "yes_ratio": 0.6,
-                       "chance": 0.5, "majority": 0.6}))
+        pytest.approx(
+            {
+                "accuracy": 0.6,
+                "precision": 2 / 3,
+                "recall": 2 / 3,
+                "f1": 2 / 3,
+                "yes_ratio": 0.6,
+                "chance": 0.5,
+                "majority": 0.6,
+            }
+        )
+    )
     by_strategy = p.groups["strategy"]
     assert by_strategy["random"]["accuracy"] == 0.5 and by_strategy["random"]["precision"] == 0.5
     assert by_strategy["random"]["recall"] == 1.0 and by_strategy["random"]["yes_ratio"] == 1.0
@@ -228,11 +322,23 @@ def test_runner_metrics_with_known_predictions(tiny_tokenizer, tiny, image_folde
     summary = json.loads((out / "results.json").read_text())
     assert summary["pope"]["metrics"]["f1"] == pytest.approx(2 / 3)
     rows = [json.loads(line) for line in (out / "predictions_counting.jsonl").read_text().splitlines()]
-    assert rows[0] == {"id": "c1", "image": "green.png", "question": "How many?", "prediction": "Two.", "parsed": 2,
-                       "answer": "2", "score": 1.0, "correct": True, "category": "kind"}
+    assert rows[0] == {
+        "id": "c1",
+        "image": "green.png",
+        "question": "How many?",
+        "prediction": "Two.",
+        "parsed": 2,
+        "answer": "2",
+        "score": 1.0,
+        "correct": True,
+        "category": "kind",
+    }
     markdown = (out / "results.md").read_text()
     assert "| pope | all | 5 | 60.0 | 50.0 | 60.0 | precision 66.7, recall 66.7, f1 66.7, yes_ratio 60.0 |" in markdown
-    assert "|  | strategy: popular | 2 | 50.0 | 50.0 | 50.0 | precision 0.0, recall 0.0, f1 0.0, yes_ratio 0.0 |" in markdown
+    assert (
+        "|  | strategy: popular | 2 | 50.0 | 50.0 | 50.0 | precision 0.0, recall 0.0, f1 0.0, yes_ratio 0.0 |"
+        in markdown
+    )
     assert "| counting | all | 4 | 50.0 | 22.5 | 50.0 | no_number 25.0 |" in markdown
     assert markdown == results_markdown(results)
 
@@ -280,8 +386,16 @@ def test_bad_images_are_counted_and_reported_when_skipping(tiny_tokenizer, tiny,
         {"id": "bad-7", "image": "broken.png", "question": "Q?", "answer": "no"},
         {"id": "ok2", "image": "blue.png", "question": "Q?", "answer": "yes"},
     ]
-    result = evaluate(ColourOracle(tiny_tokenizer, REPLIES), processor, questions, image_folder, task="pope",
-                      name="pope", on_bad_image="skip", progress=False)
+    result = evaluate(
+        ColourOracle(tiny_tokenizer, REPLIES),
+        processor,
+        questions,
+        image_folder,
+        task="pope",
+        name="pope",
+        on_bad_image="skip",
+        progress=False,
+    )
     assert [item["id"] for item in result.skipped] == ["lost-42", "bad-7"]
     assert "nowhere.png" in result.skipped[0]["reason"] and "cannot be decoded" in result.skipped[1]["reason"]
     assert [r["id"] for r in result.records] == ["ok1", "ok2"]
@@ -295,9 +409,17 @@ def test_bad_questions_fail_before_the_model_runs(tiny, image_folder):
     with pytest.raises(ValueError, match="question id 'a' appears twice"):
         evaluate(NoGeneration(), processor, [{"id": "a", "question": "Q", "answer": "x"}] * 2, image_folder)
     with pytest.raises(ValueError, match="'b'.*POPE answer"):
-        evaluate(NoGeneration(), processor, [{"id": "b", "question": "Q", "answer": "maybe"}], image_folder, task="pope")
+        evaluate(
+            NoGeneration(), processor, [{"id": "b", "question": "Q", "answer": "maybe"}], image_folder, task="pope"
+        )
     with pytest.raises(ValueError, match="on_bad_image"):
-        evaluate(NoGeneration(), processor, [{"id": "c", "question": "Q", "answer": "x"}], image_folder, on_bad_image="ignore")
+        evaluate(
+            NoGeneration(),
+            processor,
+            [{"id": "c", "question": "Q", "answer": "x"}],
+            image_folder,
+            on_bad_image="ignore",
+        )
 
 
 # ---- question files --------------------------------------------------------------------------
@@ -310,7 +432,10 @@ def test_question_files_task_inference_and_baselines(tmp_path):
     for key in ("eval_vqa", "eval_counting", "eval_ocr", "eval_region", "eval_pope"):
         question_set = load_question_set(files[key])
         tasks[question_set.name] = question_set.task
-        expected = {"chance": chance_accuracy(question_set.questions), "majority": majority_accuracy(question_set.questions)}
+        expected = {
+            "chance": chance_accuracy(question_set.questions),
+            "majority": majority_accuracy(question_set.questions),
+        }
         assert baselines(question_set.questions) == pytest.approx(expected)
     assert tasks == {"vqa": "exact", "counting": "counting", "ocr": "exact", "region": "exact", "pope": "pope"}
     assert infer_task("answers.jsonl", [{"answer": ["a", "b"]}]) == "vqa"
@@ -331,8 +456,20 @@ def test_eval_command_on_a_synthetic_world(tiny, tmp_path, capsys):
     manifest = write_world(tmp_path / "world", n=4, seed=1, test_fraction=0.5)
     files = write_instruct_files(manifest.root)
     out = tmp_path / "eval"
-    code = main(["eval", str(checkpoint), str(files["eval_counting"]), str(files["eval_pope"]), "--output", str(out),
-                 "--batch-size", "4", "--max-new-tokens", "3"])
+    code = main(
+        [
+            "eval",
+            str(checkpoint),
+            str(files["eval_counting"]),
+            str(files["eval_pope"]),
+            "--output",
+            str(out),
+            "--batch-size",
+            "4",
+            "--max-new-tokens",
+            "3",
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "results.json").read_text())
     assert list(summary) == ["counting", "pope"]

@@ -9,21 +9,35 @@ import pytest
 import torch
 from PIL import Image
 from transformers import LlavaOnevisionProcessor
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
     LlavaOnevisionImageProcessorPil,
 )
 
-from llavakit.data.highres import HighResConfig, anyres_crops, preprocess_highres
-from llavakit.data.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig
-from llavakit.data.processor import LlavaKitProcessor
 from llavakit.model import anyres
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.highres import HighResConfig, anyres_crops, preprocess_highres
+from llavakit.processing.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import tiny_llava_config
 
 CROP, PATCH, SIDE = 32, 8, 4
 NEXT_PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
-SIZES = [(1, 1), (7, 300), (300, 7), (32, 32), (33, 65), (50, 17), (64, 64), (100, 150), (150, 100), (97, 31), (240, 320)]
+SIZES = [
+    (1, 1),
+    (7, 300),
+    (300, 7),
+    (32, 32),
+    (33, 65),
+    (50, 17),
+    (64, 64),
+    (100, 150),
+    (150, 100),
+    (97, 31),
+    (240, 320),
+]
 SIGLIP_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
@@ -111,7 +125,9 @@ def test_input_ids_and_pixels_equal_llava_next_processor(tiny_tokenizer, mode):
     fields = {"image_grid_pinpoints": NEXT_PINPOINTS} if mode == "anyres" else {"image_base_first": True}
     config = _config(tiny_tokenizer, mode, **fields)
     ours = _processor(tiny_tokenizer, config)
-    theirs = ours.to_transformers_next(patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    theirs = ours.to_transformers_next(
+        patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    )
     for index, size in enumerate(SIZES):
         texts = ["USER: <image>\nWhat is here? ASSISTANT:", "<image> and <image> differ?"]
         images = [_image(size, index), _image(SIZES[-1 - index], index), _image((40, 70), index)]
@@ -121,7 +137,9 @@ def test_input_ids_and_pixels_equal_llava_next_processor(tiny_tokenizer, mode):
         np.testing.assert_array_equal(a["attention_mask"], b["attention_mask"])
         crops = a["image_num_crops"].tolist()
         for i, count in enumerate(crops):
-            np.testing.assert_array_equal(a["pixel_values"][sum(crops[:i]) : sum(crops[: i + 1])], b["pixel_values"][i][:count])
+            np.testing.assert_array_equal(
+                a["pixel_values"][sum(crops[:i]) : sum(crops[: i + 1])], b["pixel_values"][i][:count]
+            )
 
 
 def _transformers_onevision_counter(max_crops: int, num_image_tokens: int = SIDE * SIDE) -> LlavaOnevisionProcessor:
@@ -137,7 +155,9 @@ def _transformers_onevision_counter(max_crops: int, num_image_tokens: int = SIDE
 
 @pytest.mark.parametrize("max_crops", [1, 2, 9])
 def test_image_and_video_token_counts_equal_onevision_processor(tiny_tokenizer, max_crops):
-    config = _config(tiny_tokenizer, f"anyres_max_{max_crops}", vision="siglip", video_token_id=_ids(tiny_tokenizer, "<video>"))
+    config = _config(
+        tiny_tokenizer, f"anyres_max_{max_crops}", vision="siglip", video_token_id=_ids(tiny_tokenizer, "<video>")
+    )
     processor = _processor(tiny_tokenizer, config)
     counter = _transformers_onevision_counter(max_crops)
     image_id, video_id = config.image_token_id, config.video_token_id
@@ -181,7 +201,9 @@ def test_expansion_equals_model_features_for_many_sizes(tiny_tokenizer, name):
         if mode == "fixed":
             features = list(model.get_image_features(batch["pixel_values"]))
         else:
-            features = model.get_anyres_image_features(batch["pixel_values"], batch["image_sizes"], batch["image_num_crops"])
+            features = model.get_anyres_image_features(
+                batch["pixel_values"], batch["image_sizes"], batch["image_num_crops"]
+            )
         logits = model(**batch).logits  # the forward checks the placeholder count itself
     per_text = (batch["input_ids"] == config.image_token_id).sum(dim=1).tolist()
     lengths = [len(f) for f in features]
@@ -212,7 +234,9 @@ def test_encode_conversation_expands_like_call(tiny_tokenizer):
     labels = sample["labels"]
     assert (labels[visual] == -100).all() and (labels[sample["input_ids"] == config.video_token_id] == -100).all()
     with torch.no_grad():
-        _model(config)(**{k: v[None] if k in ("input_ids", "labels", "attention_mask") else v for k, v in sample.items()})
+        _model(config)(
+            **{k: v[None] if k in ("input_ids", "labels", "attention_mask") else v for k, v in sample.items()}
+        )
 
 
 def test_fixed_mode_outputs_are_unchanged(tiny_tokenizer):
@@ -237,7 +261,10 @@ def test_save_and_load_keep_the_layout(tiny_tokenizer, tmp_path):
     loaded = LlavaKitProcessor.from_pretrained(tmp_path)
     assert loaded.highres == processor.highres and loaded.video == processor.video
     images, video = [_image((70, 130))], np.zeros((2, 20, 20, 3), dtype=np.uint8)
-    a, b = processor("<image><video>", images=images, videos=video), loaded("<image><video>", images=images, videos=video)
+    a, b = (
+        processor("<image><video>", images=images, videos=video),
+        loaded("<image><video>", images=images, videos=video),
+    )
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import LlavaOnevisionConfig
 
+from llavakit.interop.transformers_next import transformers_config_from_llavakit_next
 from llavakit.model.configuration import load_model_config, read_model_spec
-from llavakit.model.convert_next import transformers_config_from_llavakit_next
 
 SPECS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
@@ -20,7 +20,12 @@ def _load(name: str):
 
 def test_every_spec_loads_and_names_its_weights():
     names = sorted(path.stem for path in SPECS.glob("*.yaml"))
-    assert {"llava-1.5-hd-13b", "llava-next-vicuna-7b", "llava-onevision-qwen2-0.5b", "llava-onevision-qwen2-7b"} <= set(names)
+    assert {
+        "llava-1.5-hd-13b",
+        "llava-next-vicuna-7b",
+        "llava-onevision-qwen2-0.5b",
+        "llava-onevision-qwen2-7b",
+    } <= set(names)
     for name in names:
         spec = read_model_spec(SPECS / f"{name}.yaml")
         assert spec["name"] == name and spec["pretrained"]["vision"] and spec["pretrained"]["language"]
@@ -55,7 +60,14 @@ def test_onevision_counts_and_shapes(size, hidden, layers):
     exported = transformers_config_from_llavakit_next(config)
     assert exported.model_type == "llava_onevision" and exported.vision_aspect_ratio == "anyres_max_9"
     defaults = LlavaOnevisionConfig().vision_config  # transformers' defaults are OneVision's SigLIP
-    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"):
+    for field in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+    ):
         assert getattr(config.vision_config, field) == getattr(defaults, field), field
     assert exported.image_grid_pinpoints == LlavaOnevisionConfig().image_grid_pinpoints
 

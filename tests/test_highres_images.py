@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import (
+    LlavaNextImageProcessorPil,
+)
 
-from llavakit.data.images import load_image
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.images import load_image
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import tiny_llava_config
 
 PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]
 
@@ -27,7 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def next_kit(tiny_tokenizer):
-    config = tiny_llava_config(tiny_tokenizer.convert_tokens_to_ids("<image>"), image_mode="anyres", image_grid_pinpoints=PINPOINTS)
+    config = tiny_llava_config(
+        tiny_tokenizer.convert_tokens_to_ids("<image>"), image_mode="anyres", image_grid_pinpoints=PINPOINTS
+    )
     torch.manual_seed(0)
     model = LlavaKitForCausalLM(config).eval()
     processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, "vicuna_v1")
@@ -67,7 +71,9 @@ def test_odd_images_become_the_right_crops(next_kit, name):
     expected = reference(rgb, return_tensors="pt")
     assert batch["image_sizes"].tolist() == [[image.height, image.width]]
     assert torch.equal(batch["pixel_values"], expected["pixel_values"][0])
-    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == model.config.image_token_count(image.size[::-1])
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == model.config.image_token_count(
+        image.size[::-1]
+    )
     with torch.no_grad():
         assert torch.isfinite(model(**batch).logits).all()
 
@@ -107,7 +113,9 @@ def _png_header_only(path, width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
     return path
 
 

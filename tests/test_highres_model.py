@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import tiny_llava_config
 
 CELL, SIDE = 32, 4  # tiny CLIP: 32-pixel cells, 8-pixel patches -> 4x4 features per cell
 
@@ -64,7 +64,9 @@ def test_hd_features_follow_the_rule(hd, size):
     calls = []
     hook = model.vision_tower.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     with torch.no_grad():
-        (features,) = model.get_anyres_image_features(batch["pixel_values"], batch["image_sizes"], batch["image_num_crops"])
+        (features,) = model.get_anyres_image_features(
+            batch["pixel_values"], batch["image_sizes"], batch["image_num_crops"]
+        )
         hook.remove()
         # By hand: each cell alone through the tower and connector, stitched into one map.
         alone = [model.multi_modal_projector(model.vision_tower(crop[None]))[0] for crop in batch["pixel_values"]]
@@ -79,7 +81,11 @@ def test_hd_features_follow_the_rule(hd, size):
     expected = torch.cat(expected + [global_features])  # the whole image's features last
 
     assert features.shape[0] == kept.shape[0] * (kept.shape[1] + 1) + SIDE * SIDE
-    assert features.shape[0] == model.config.image_token_count(size) == int((batch["input_ids"] == model.config.image_token_id).sum())
+    assert (
+        features.shape[0]
+        == model.config.image_token_count(size)
+        == int((batch["input_ids"] == model.config.image_token_id).sum())
+    )
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
     row_ends = torch.arange(kept.shape[0]) * (kept.shape[1] + 1) + kept.shape[1]
     assert torch.equal(features[row_ends], newline.expand(len(row_ends), -1))
@@ -91,11 +97,15 @@ def test_hd_padding_features_are_gone(hd):
     image = np.full((32, 80, 3), 200, dtype=np.uint8)
     batch = processor("<image>", images=Image.fromarray(image))
     with torch.no_grad():
-        (features,) = model.get_anyres_image_features(batch["pixel_values"], batch["image_sizes"], batch["image_num_crops"])
+        (features,) = model.get_anyres_image_features(
+            batch["pixel_values"], batch["image_sizes"], batch["image_num_crops"]
+        )
         black = torch.tensor(np.zeros((8, 8, 3), dtype=np.uint8))  # a patch of pure padding, normalised
     pixels = batch["pixel_values"]
     # The canvas pads 8 columns each side: exactly the first patch column of cell 1 and last of cell 3.
-    padding_value = ((0.0 - torch.tensor(processor.image_config.mean)) / torch.tensor(processor.image_config.std)).float()
+    padding_value = (
+        (0.0 - torch.tensor(processor.image_config.mean)) / torch.tensor(processor.image_config.std)
+    ).float()
     assert torch.allclose(pixels[1, :, :, :8], padding_value[:, None, None].expand(3, 32, 8))
     assert torch.allclose(pixels[3, :, :, -8:], padding_value[:, None, None].expand(3, 32, 8))
     assert not torch.allclose(pixels[1, :, :, 8:16], padding_value[:, None, None].expand(3, 32, 8))
@@ -109,7 +119,9 @@ def test_hd_multi_image_gives_every_image_its_grid(hd):
     assert batch["image_num_crops"].tolist() == [4, 5]
     with torch.no_grad():
         model(**batch)  # raises if the counts disagree
-    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == sum(model.config.image_token_count(s) for s in sizes)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == sum(
+        model.config.image_token_count(s) for s in sizes
+    )
 
 
 def test_model_rejects_crops_that_do_not_fit_the_grid(hd):

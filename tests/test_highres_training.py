@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from llavakit.data.collator import PackingCollator, PaddingCollator, first_fit
+from llavakit.data.batching import PackingCollator, PaddingCollator, first_fit
 from llavakit.data.dataset import DatasetSpec, LlavaDataset
-from llavakit.data.processor import IGNORE_INDEX, LlavaKitProcessor
-from llavakit.data.video import FrameSampling
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.processor import IGNORE_INDEX, LlavaKitProcessor
+from llavakit.processing.video import FrameSampling
+from llavakit.tiny import tiny_llava_config
 
 Size = tuple[int, int]
 
@@ -108,7 +108,9 @@ def _inputs(batch: dict) -> dict:
 def _row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss of every row, over its labelled tokens (as the model's loss for one row)."""
     targets = labels[:, 1:]
-    losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    losses = F.cross_entropy(
+        logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
     counted = targets != IGNORE_INDEX
     return (losses * counted).sum(1) / counted.sum(1)
 

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from llavakit.data.images import (
+from llavakit.processing.images import (
     CLIP_MEAN,
     CLIP_STD,
     ImageProcessingConfig,

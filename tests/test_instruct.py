@@ -10,7 +10,8 @@ from collections import Counter
 
 import pytest
 
-from llavakit.data.instruct import (
+from llavakit.eval.baselines import chance_accuracy, majority_accuracy
+from llavakit.synthetic.instruct import (
     BRIEF_INSTRUCTIONS,
     DETAIL_INSTRUCTIONS,
     INSTRUCT_KINDS,
@@ -20,11 +21,9 @@ from llavakit.data.instruct import (
     build_eval_sets,
     build_instruct_data,
     build_pretrain_data,
-    chance_accuracy,
-    majority_accuracy,
     write_instruct_files,
 )
-from llavakit.data.synth import (
+from llavakit.synthetic.world import (
     COLOUR_RGB,
     KINDS,
     SIZES,
@@ -66,9 +65,14 @@ def _resolve(scene: Scene, ref: str) -> list[int]:
     match = REF.match(ref)
     assert match, ref
     size, colour, kind, position = match.groups()
-    return [i for i, o in enumerate(scene.objects)
-            if (size is None or o.size == size) and (colour is None or o.colour == colour)
-            and (kind == "object" or o.kind == kind) and (position is None or o.position == position)]
+    return [
+        i
+        for i, o in enumerate(scene.objects)
+        if (size is None or o.size == size)
+        and (colour is None or o.colour == colour)
+        and (kind == "object" or o.kind == kind)
+        and (position is None or o.position == position)
+    ]
 
 
 def _expected_count(scene: Scene, what: str) -> int:
@@ -89,8 +93,12 @@ def _short_answer_ok(scene: Scene, question: str, answer: str) -> bool:
         targets = _resolve(scene, m.group(2))
         assert len(targets) == 1, (scene.id, question)
         obj = scene.objects[targets[0]]
-        attribute = {"What colour is": "colour", "What shape is": "kind", "What size is": "size",
-                     "Where is": "position"}[m.group(1)]
+        attribute = {
+            "What colour is": "colour",
+            "What shape is": "kind",
+            "What size is": "size",
+            "Where is": "position",
+        }[m.group(1)]
         return getattr(obj, attribute) == answer
     if m := re.fullmatch(r"How many (.+) are there in the image\?", question):
         return answer == str(_expected_count(scene, m.group(1)))
@@ -99,8 +107,9 @@ def _short_answer_ok(scene: Scene, question: str, answer: str) -> bool:
     if m := re.fullmatch(r"What is the object in region \[(.+)\]\?", question):
         targets = _objects_in_box(scene, [float(v) for v in m.group(1).split(", ")])
         return len(targets) == 1 and scene.objects[targets[0]].category == answer
-    if m := re.fullmatch(r"Please provide the bounding box coordinate of the region this sentence describes: (.+)\.",
-                         question):
+    if m := re.fullmatch(
+        r"Please provide the bounding box coordinate of the region this sentence describes: (.+)\.", question
+    ):
         targets = _resolve(scene, m.group(1))
         assert len(targets) == 1
         return _objects_in_box(scene, [float(v) for v in answer.strip("[]").split(", ")]) == targets
@@ -150,7 +159,9 @@ def test_instruct_answers_match_scenes(world, instruct):
     for sample in instruct:
         scene, kind = scenes[sample["image"]], sample["id"].split("-", 1)[1]
         turns = sample["conversations"]
-        pairs = [(turns[k]["value"].replace("<image>", "").strip(), turns[k + 1]["value"]) for k in range(0, len(turns), 2)]
+        pairs = [
+            (turns[k]["value"].replace("<image>", "").strip(), turns[k + 1]["value"]) for k in range(0, len(turns), 2)
+        ]
         if kind == "detail":
             assert pairs[0][0] in DETAIL_INSTRUCTIONS and pairs[0][1] == describe(scene)
         elif kind in ("vqa", "counting", "ocr", "region", "pope"):
@@ -184,8 +195,9 @@ def _check_reasoning(scene: Scene, question: str, answer: str) -> str:
         kinds = Counter(o.kind for o in scene.objects)
         assert answer.startswith("Yes." if kinds[m.group(1)] > kinds[m.group(2)] else "No."), (question, answer)
         return "more"
-    if m := re.fullmatch(r"Which object is closest to the (\w+) (\w+) corner of the image, and what colour is it\?",
-                         question):
+    if m := re.fullmatch(
+        r"Which object is closest to the (\w+) (\w+) corner of the image, and what colour is it\?", question
+    ):
         cx = 0 if m.group(2) == "left" else scene.width
         cy = 0 if m.group(1) == "top" else scene.height
         nearest = min(scene.objects, key=lambda o: (o.centre[0] - cx) ** 2 + (o.centre[1] - cy) ** 2)
@@ -217,14 +229,14 @@ def test_pope_is_balanced_and_negatives_are_absent(world, eval_sets):
     for q in eval_sets["pope"]:
         groups.setdefault((q["image"], q["strategy"]), []).append(q)
     assert {strategy for _, strategy in groups} == set(POPE_STRATEGIES)
-    for (image, strategy), questions in groups.items():
+    for (image, _strategy), questions in groups.items():
         present = scenes[image].counts()
         answers = Counter(q["answer"] for q in questions)
         assert answers["yes"] == answers["no"] == min(3, len(present))
         for q in questions:
             assert (q["object"] in present) == (q["answer"] == "yes")
     positives = {}
-    for (image, strategy), questions in groups.items():
+    for (image, _strategy), questions in groups.items():
         positives.setdefault(image, set()).add(frozenset(q["object"] for q in questions if q["answer"] == "yes"))
     assert all(len(v) == 1 for v in positives.values())  # same positives for every strategy
     assert chance_accuracy(eval_sets["pope"]) == 0.5 and majority_accuracy(eval_sets["pope"]) == 0.5
@@ -249,10 +261,10 @@ def test_pope_strategies_follow_their_definitions(world, eval_sets):
     def score(present, c):
         return sum(pair[(p, c)] for p in present)
 
-    for image, present, chosen in negatives["popular"]:
+    for _image, present, chosen in negatives["popular"]:
         rest = universe - present - chosen
         assert min(frequency[c] for c in chosen) >= max((frequency[c] for c in rest), default=0)
-    for image, present, chosen in negatives["adversarial"]:
+    for _image, present, chosen in negatives["adversarial"]:
         rest = universe - present - chosen
         assert min(score(present, c) for c in chosen) >= max((score(present, c) for c in rest), default=0)
 
@@ -272,13 +284,19 @@ def test_pope_strategies_follow_their_definitions(world, eval_sets):
 
 def test_chance_levels(eval_sets):
     assert chance_accuracy(eval_sets["counting"]) == pytest.approx(1 / 5)
-    by_category = {c: [q for q in eval_sets["vqa"] if q["category"] == c] for c in ("colour", "shape", "size", "position")}
+    by_category = {
+        c: [q for q in eval_sets["vqa"] if q["category"] == c] for c in ("colour", "shape", "size", "position")
+    }
     assert chance_accuracy(by_category["colour"]) == pytest.approx(1 / 6)
     assert chance_accuracy(by_category["shape"]) == pytest.approx(1 / 4)
     assert chance_accuracy(by_category["size"]) == pytest.approx(1 / 3)
     assert chance_accuracy(by_category["position"]) == pytest.approx(1 / 9)
-    toy = [{"category": "a", "answer": "1", "num_choices": 4}, {"category": "a", "answer": "1", "num_choices": 4},
-           {"category": "a", "answer": "2", "num_choices": 4}, {"category": "b", "answer": "x", "num_choices": 2}]
+    toy = [
+        {"category": "a", "answer": "1", "num_choices": 4},
+        {"category": "a", "answer": "1", "num_choices": 4},
+        {"category": "a", "answer": "2", "num_choices": 4},
+        {"category": "b", "answer": "x", "num_choices": 2},
+    ]
     assert majority_accuracy(toy) == pytest.approx(3 / 4) and chance_accuracy(toy) == pytest.approx(0.3125)
 
 

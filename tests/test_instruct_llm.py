@@ -20,19 +20,10 @@ import pytest
 
 pytest.importorskip("openai")
 
-from llavakit.cli import main  # noqa: E402
-from llavakit.data.dataset import DatasetSpec, check_data  # noqa: E402
-from llavakit.data.instruct import DETAIL_INSTRUCTIONS  # noqa: E402
-from llavakit.data.instruct_llm import (  # noqa: E402
-    LLMConfig,
-    ResponseCache,
-    done_ids,
-    generate,
-    generate_main,
-    import_openai,
-    request_key,
-)
-from llavakit.data.instruct_prompts import (  # noqa: E402
+from llavakit.cli import main
+from llavakit.data.dataset import DatasetSpec, check_data
+from llavakit.synthetic.instruct import DETAIL_INSTRUCTIONS
+from llavakit.synthetic.prompts import (
     EXAMPLE_REPLIES,
     EXAMPLE_SCENES,
     LLM_KINDS,
@@ -43,7 +34,16 @@ from llavakit.data.instruct_prompts import (  # noqa: E402
     parse_reply,
     prompts_markdown,
 )
-from llavakit.data.synth import caption, describe, load_scenes, write_world  # noqa: E402
+from llavakit.synthetic.teacher import (
+    LLMConfig,
+    ResponseCache,
+    done_ids,
+    generate,
+    generate_main,
+    import_openai,
+    request_key,
+)
+from llavakit.synthetic.world import caption, describe, load_scenes, write_world
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "instruct.md"
 BASE_DELAY = 0.01
@@ -85,8 +85,10 @@ class Stub:
             return describe(scene)
         if kind == "reasoning":
             return f"Question:\nWhat is in the picture?\nAnswer:\nI see {caption(scene)}, so the answer follows."
-        return (f"Question:\nWhat can you see?\nAnswer:\nI can see {caption(scene)}.\n"
-                f"**Question:** What is the background like?\n**Answer:** It is {scene.background}.")
+        return (
+            f"Question:\nWhat can you see?\nAnswer:\nI can see {caption(scene)}.\n"
+            f"**Question:** What is the background like?\n**Answer:** It is {scene.background}."
+        )
 
     def respond(self, body: dict, auth: str) -> tuple[int, dict, dict]:
         messages = body["messages"]
@@ -120,19 +122,30 @@ class Stub:
         with self.lock:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
-        return 200, {}, {
-            "id": f"cmpl-{scene.id}-{kind}-{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
+        return (
+            200,
+            {},
+            {
+                "id": f"cmpl-{scene.id}-{kind}-{n}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            },
+        )
 
     def _handler(self):
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
+            def do_POST(self):
                 assert self.path == "/v1/chat/completions", self.path
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, headers, payload = stub.respond(body, self.headers.get("Authorization", ""))
@@ -167,8 +180,14 @@ def _key(monkeypatch):
 
 
 def _config(stub: Stub, **overrides) -> LLMConfig:
-    options = {"model": "teacher", "base_url": stub.url, "base_delay": BASE_DELAY, "max_attempts": 3,
-               "max_concurrency": 3, "timeout": 10.0}
+    options = {
+        "model": "teacher",
+        "base_url": stub.url,
+        "base_delay": BASE_DELAY,
+        "max_attempts": 3,
+        "max_concurrency": 3,
+        "timeout": 10.0,
+    }
     options.update(overrides)
     return LLMConfig(**options)
 
@@ -231,8 +250,12 @@ def test_doc_shows_the_prompts_exactly():
 def test_generate_retries_caches_resumes_and_reports(world, tmp_path):
     scenes = load_scenes(world / "scenes_train.jsonl")
     assert len(scenes) == 6
-    flaky, limited, broken, fixed = (scenes[1].id, "conversation"), (scenes[2].id, "reasoning"), \
-        (scenes[3].id, "detail"), (scenes[4].id, "conversation")
+    flaky, limited, broken, fixed = (
+        (scenes[1].id, "conversation"),
+        (scenes[2].id, "reasoning"),
+        (scenes[3].id, "detail"),
+        (scenes[4].id, "conversation"),
+    )
     rules = {flaky: "fail_once", limited: "rate_limit_once", broken: "always_malformed", fixed: "malformed_once"}
     out = tmp_path / "instruct_llm.jsonl"
     with Stub(scenes, rules) as stub:
@@ -257,8 +280,9 @@ def test_generate_retries_caches_resumes_and_reports(world, tmp_path):
         assert stub.auth_headers == {"Bearer sk-test"}
 
         records = _lines(out)
-        assert [r["id"] for r in records] == [f"{s.id}-{k}" for s in scenes for k in LLM_KINDS
-                                              if (s.id, k) != broken]  # plan order despite concurrency
+        assert [r["id"] for r in records] == [
+            f"{s.id}-{k}" for s in scenes for k in LLM_KINDS if (s.id, k) != broken
+        ]  # plan order despite concurrency
         check = check_data([DatasetSpec(out, image_folder=world)], None, None)
         assert check.bad_samples == [] and check.num_good == planned - 1 and check.num_images == planned - 1
         by_id = {r["id"]: r for r in records}
@@ -269,8 +293,9 @@ def test_generate_retries_caches_resumes_and_reports(world, tmp_path):
         assert [t["from"] for t in conversation] == ["human", "gpt"] * 2
         assert conversation[0]["value"].replace("<image>", "").strip() == "What can you see?"
         assert conversation[3]["value"] == f"It is {scenes[4].background}."
-        assert _lines(tmp_path / "instruct_llm_failed.jsonl") == [{"id": f"{broken[0]}-detail",
-                                                                   "reason": report.failed[0][1]}]
+        assert _lines(tmp_path / "instruct_llm_failed.jsonl") == [
+            {"id": f"{broken[0]}-detail", "reason": report.failed[0][1]}
+        ]
 
         # rerun: nothing new is asked (the failed sample is answered from the cache, and fails again)
         before, text = stub.total_hits, out.read_text()
@@ -341,8 +366,18 @@ def test_generate_main_reads_the_environment_and_returns_status(world, tmp_path,
     monkeypatch.setenv("OPENAI_MODEL", "teacher-from-env")
     with Stub(scenes, {(scenes[1].id, "detail"): "always_malformed"}) as stub:
         monkeypatch.setenv("OPENAI_BASE_URL", stub.url)
-        status = generate_main(str(world), str(tmp_path), ["detail"], limit=2, seed=0, base_url=None, model=None,
-                               api_key_env="TEACHER_KEY", max_concurrency=2, base_delay=BASE_DELAY)
+        status = generate_main(
+            str(world),
+            str(tmp_path),
+            ["detail"],
+            limit=2,
+            seed=0,
+            base_url=None,
+            model=None,
+            api_key_env="TEACHER_KEY",
+            max_concurrency=2,
+            base_delay=BASE_DELAY,
+        )
         assert status == 1 and stub.total_hits == 3 and stub.auth_headers == {"Bearer sk-other"}
         printed = capsys.readouterr().out
         assert f"failed {scenes[1].id}-detail: unusable reply" in printed and "1 written" in printed
@@ -373,9 +408,28 @@ def test_missing_sdk_and_bad_input_give_clear_errors(monkeypatch, tmp_path):
 def test_cli_openai_backend_writes_checked_data_and_reruns_for_free(world, tmp_path, capsys):
     scenes = load_scenes(world / "scenes_train.jsonl")
     out = tmp_path / "out"
-    argv = ["data", "instruct", str(world), "--backend", "openai", "--output", str(out), "--kinds", "conversation",
-            "reasoning", "--limit", "2", "--max-concurrency", "2", "--base-delay", str(BASE_DELAY),
-            "--prompt-price", "1", "--completion-price", "2"]
+    argv = [
+        "data",
+        "instruct",
+        str(world),
+        "--backend",
+        "openai",
+        "--output",
+        str(out),
+        "--kinds",
+        "conversation",
+        "reasoning",
+        "--limit",
+        "2",
+        "--max-concurrency",
+        "2",
+        "--base-delay",
+        str(BASE_DELAY),
+        "--prompt-price",
+        "1",
+        "--completion-price",
+        "2",
+    ]
     with Stub(scenes, {(scenes[1].id, "conversation"): "fail_once"}) as stub:
         assert main(argv + ["--base-url", stub.url, "--model", "teacher"]) == 0
         assert stub.total_hits == 5 and stub.hits[(scenes[2].id, "conversation")] == 0
@@ -391,8 +445,23 @@ def test_cli_openai_backend_writes_checked_data_and_reruns_for_free(world, tmp_p
         assert len(_lines(out / "instruct_llm.jsonl")) == 4
 
         stub.rules[(scenes[0].id, "detail")] = "unauthorized"
-        refused = ["data", "instruct", str(world), "--backend", "openai", "--output", str(out), "--kinds", "detail",
-                   "--limit", "1", "--base-url", stub.url, "--model", "teacher"]
+        refused = [
+            "data",
+            "instruct",
+            str(world),
+            "--backend",
+            "openai",
+            "--output",
+            str(out),
+            "--kinds",
+            "detail",
+            "--limit",
+            "1",
+            "--base-url",
+            stub.url,
+            "--model",
+            "teacher",
+        ]
         assert main(refused) == 2
         assert "HTTP 401" in capsys.readouterr().err
 

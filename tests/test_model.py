@@ -7,7 +7,7 @@ import torch
 
 from llavakit import LlavaKitConfig, LlavaKitForCausalLM
 from llavakit.model.connectors import CONNECTORS, build_connector, register_connector
-from llavakit.tiny_models import tiny_llava_config
+from llavakit.tiny import tiny_llava_config
 
 IMAGE_TOKEN = 600
 
@@ -92,7 +92,12 @@ def test_greedy_generate_equals_stepwise_argmax():
     model = make_model()
     input_ids = prompt_with_images(model.config, num_images=1)[None]
     generated = model.generate(
-        input_ids=input_ids, pixel_values=pixels(1), max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0
+        input_ids=input_ids,
+        pixel_values=pixels(1),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     sequence = input_ids
     for _ in range(8):
@@ -109,17 +114,32 @@ def test_sampling_generate_is_seeded_and_uses_the_cache():
         torch.manual_seed(7)
         runs.append(
             model.generate(
-                input_ids=input_ids, pixel_values=pixels(1), max_new_tokens=6, do_sample=True, top_k=50,
-                eos_token_id=None, pad_token_id=0,
+                input_ids=input_ids,
+                pixel_values=pixels(1),
+                max_new_tokens=6,
+                do_sample=True,
+                top_k=50,
+                eos_token_id=None,
+                pad_token_id=0,
             )
         )
     assert torch.equal(runs[0], runs[1])
     no_cache = model.generate(
-        input_ids=input_ids, pixel_values=pixels(1), max_new_tokens=6, do_sample=False, use_cache=False,
-        eos_token_id=None, pad_token_id=0,
+        input_ids=input_ids,
+        pixel_values=pixels(1),
+        max_new_tokens=6,
+        do_sample=False,
+        use_cache=False,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     with_cache = model.generate(
-        input_ids=input_ids, pixel_values=pixels(1), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0
+        input_ids=input_ids,
+        pixel_values=pixels(1),
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     assert torch.equal(no_cache, with_cache)
 
@@ -170,7 +190,7 @@ def test_build_model_loads_pretrained_parts_from_folders(tmp_path):
     from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM
 
     from llavakit.model.build import ModelSpec, build_model
-    from llavakit.tiny_models import tiny_text_config, tiny_vision_config
+    from llavakit.tiny import tiny_text_config, tiny_vision_config
 
     torch.manual_seed(0)
     clip = CLIPModel(
@@ -192,9 +212,7 @@ def test_build_model_loads_pretrained_parts_from_folders(tmp_path):
         clip.vision_model.embeddings.patch_embedding.weight,
     )
     torch.testing.assert_close(model.language_model.model.norm.weight, llm.model.norm.weight)
-    torch.testing.assert_close(
-        model.get_input_embeddings().weight[:600], llm.get_input_embeddings().weight
-    )
+    torch.testing.assert_close(model.get_input_embeddings().weight[:600], llm.get_input_embeddings().weight)
 
 
 def test_build_model_from_config_dicts():
@@ -202,10 +220,24 @@ def test_build_model_from_config_dicts():
 
     model = build_model(
         ModelSpec(
-            vision=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, image_size=32, patch_size=8),
-            language=dict(model_type="qwen2", vocab_size=300, hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+            vision=dict(
+                model_type="siglip_vision_model",
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                image_size=32,
+                patch_size=8,
+            ),
+            language=dict(
+                model_type="qwen2",
+                vocab_size=300,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+            ),
             image_token_id=299,
             connector="linear",
         )

@@ -8,11 +8,14 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
-from llavakit.data.images import ImageProcessingConfig
-from llavakit.data.processor import IGNORE_INDEX, PROCESSOR_FILE, LlavaKitProcessor
-from llavakit.data.templates import get_template
-from llavakit.tiny_models import tiny_llava_config
-from llavakit.tiny_tokenizer import SPECIAL_TOKENS, build_tiny_tokenizer
+from llavakit.processing.images import ImageProcessingConfig
+from llavakit.processing.processor import (
+    IGNORE_INDEX,
+    PROCESSOR_FILE,
+    LlavaKitProcessor,
+)
+from llavakit.processing.templates import get_template
+from llavakit.tiny import SPECIAL_TOKENS, build_tiny_tokenizer, tiny_llava_config
 
 PATCH = 8  # tiny vision tower: 32 px images, 8 px patches -> 16 image tokens (CLIP, CLS dropped)
 

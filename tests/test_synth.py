@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llavakit.data.synth import (
+from llavakit.synthetic.world import (
     COLOUR_RGB,
     TEXT_RGB,
     Scene,
@@ -82,7 +82,7 @@ def test_boxes_are_tight_and_inside(scenes):
     for scene in scenes:
         for obj in scene.objects:
             x, y, w, h = obj.box
-            assert 0 <= x and 0 <= y and x + w <= scene.width and y + h <= scene.height
+            assert x >= 0 and y >= 0 and x + w <= scene.width and y + h <= scene.height
             assert w == h == pixels[obj.size]  # same pixel sizes on 256 px canvases: small objects
             assert _tight_box(shape_mask(obj.kind, obj.box, scene.width, scene.height)) == obj.box
             cx, cy = obj.centre
@@ -191,8 +191,11 @@ def test_generation_is_deterministic_and_prefix_stable():
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_write_world_is_byte_identical_and_split_by_image(tmp_path):

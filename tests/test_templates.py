@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from llavakit.data.templates import TEMPLATES, get_template, normalize_conversation, register_template
+from llavakit.processing.templates import (
+    TEMPLATES,
+    get_template,
+    normalize_conversation,
+    register_template,
+)
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -31,8 +36,7 @@ CHAT_FORM = [
 EXPECTED_TEXT = {
     "plain": "<image>A red circle.\nRed.\n",
     "vicuna_v1": (
-        f"{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A red circle.</s>"
-        "USER: Which color? ASSISTANT: Red.</s>"
+        f"{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A red circle.</s>USER: Which color? ASSISTANT: Red.</s>"
     ),
     "chatml": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
@@ -100,7 +104,7 @@ JINJA_CASES = {
         {"role": "assistant", "content": "No."},
     ],
     "string_content_with_placeholder": [
-        {"role": "user", "content": "<image>\nDescribe it, don't \"guess\"."},
+        {"role": "user", "content": '<image>\nDescribe it, don\'t "guess".'},
         {"role": "assistant", "content": "A line\nand a dot."},
     ],
 }

@@ -7,9 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from llavakit.config import StageConfig, TrainConfig, load_config
-from llavakit.train.arguments import find_unused_parameters, precision_flags, report_targets, training_arguments
-from llavakit.train.stages import resolve_config
+from llavakit.train.arguments import (
+    find_unused_parameters,
+    precision_flags,
+    report_targets,
+    training_arguments,
+)
+from llavakit.train.config import StageConfig, TrainConfig, load_config
+from llavakit.train.recipes import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -61,8 +66,10 @@ def test_ddp_tolerates_unused_parameters_only_when_some_can_be_unused():
     [
         (["optimization.warmup_ratio=3"], r"warmup_ratio is a share of the steps in \[0, 1\)"),
         (["distributed.deepspeed=nowhere/zero9.json"], "distributed.deepspeed: nowhere/zero9.json does not exist"),
-        ([f"distributed.deepspeed={CONFIGS / 'deepspeed/zero3.json'}", "distributed.fsdp=true"],
-         "choose one of distributed.deepspeed and distributed.fsdp"),
+        (
+            [f"distributed.deepspeed={CONFIGS / 'deepspeed/zero3.json'}", "distributed.fsdp=true"],
+            "choose one of distributed.deepspeed and distributed.fsdp",
+        ),
         (["distributed.fsdp=true", "distributed.fsdp_config=missing.json"], "fsdp_config: missing.json does not exist"),
     ],
 )

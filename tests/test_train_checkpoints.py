@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from llavakit.config import TrainConfig, load_config
+from llavakit.train.config import TrainConfig, load_config
 from llavakit.train.run import run_training
 from llavakit.train.trainer import LlavaKitTrainer, publish_folder
 
@@ -29,14 +29,28 @@ def shapes_data(folder: Path, n: int = 32) -> Path:
     for i in range(n):
         if i % 5 == 4:
             count = i % 7 + 1
-            answer = " ".join("one two three four five six seven".split()[:count])
-            records.append({"id": f"t{i}", "conversations": [
-                {"from": "human", "value": f"Count to {count}"}, {"from": "gpt", "value": answer}]})
+            answer = " ".join(["one", "two", "three", "four", "five", "six", "seven"][:count])
+            records.append(
+                {
+                    "id": f"t{i}",
+                    "conversations": [
+                        {"from": "human", "value": f"Count to {count}"},
+                        {"from": "gpt", "value": answer},
+                    ],
+                }
+            )
             continue
         Image.new("RGB", (32, 32), (10 * i % 255, 120, 30 * i % 255)).save(folder / f"{i}.png")
-        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the picture."},
-            {"from": "gpt", "value": "A square" + " that is small" * (i % 4) + "."}]})
+        records.append(
+            {
+                "id": f"s{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the picture."},
+                    {"from": "gpt", "value": "A square" + " that is small" * (i % 4) + "."},
+                ],
+            }
+        )
     path = folder / "data.json"
     path.write_text(json.dumps(records))
     return path
@@ -55,11 +69,22 @@ class StopAfter(TrainerCallback):
 
 def config_for(stage: str, data: Path, out: Path, *overrides: str) -> TrainConfig:
     recipe = CONFIGS / ("tiny/pretrain.yaml" if stage == "pretrain" else "tiny/finetune.yaml")
-    return load_config(recipe, [
-        f"data.datasets=[{{path: {data}}}]", f"output.dir={out}", "model.connector_weights=null",
-        "optimization.global_batch_size=8", "optimization.per_device_batch_size=4",  # 2 accumulation steps
-        "optimization.max_steps=6", "output.save_steps=3", "output.plot=false", "output.progress_bar=false",
-        "data.template=vicuna_v1", *overrides])
+    return load_config(
+        recipe,
+        [
+            f"data.datasets=[{{path: {data}}}]",
+            f"output.dir={out}",
+            "model.connector_weights=null",
+            "optimization.global_batch_size=8",
+            "optimization.per_device_batch_size=4",  # 2 accumulation steps
+            "optimization.max_steps=6",
+            "output.save_steps=3",
+            "output.plot=false",
+            "output.progress_bar=false",
+            "data.template=vicuna_v1",
+            *overrides,
+        ],
+    )
 
 
 def final_weights(result) -> dict[str, torch.Tensor]:
@@ -112,7 +137,10 @@ def test_a_failed_save_leaves_the_last_complete_checkpoint(tmp_path, monkeypatch
     assert get_last_checkpoint(str(run)).endswith("checkpoint-3")
     monkeypatch.setattr(LlavaKitTrainer, "_save_rng_state", original)
     resumed = run_training(config_for("finetune", data, run, "output.resume=true"))
-    assert resumed.global_step == 6 and sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert resumed.global_step == 6 and sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-3",
+        "checkpoint-6",
+    ]
     assert not (run / ".staging").exists()
 
 
@@ -124,7 +152,9 @@ def test_publish_folder_replaces_by_rename(tmp_path):
     (tmp_path / "target" / "b").write_text("old")
     publish_folder(tmp_path / "new", tmp_path / "target")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]
-    assert [p.name for p in (tmp_path / "target").iterdir()] == ["a"] and (tmp_path / "target" / "a").read_text() == "new"
+    assert [p.name for p in (tmp_path / "target").iterdir()] == ["a"] and (
+        tmp_path / "target" / "a"
+    ).read_text() == "new"
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):

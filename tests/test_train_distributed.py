@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from llavakit.config import load_config
+from llavakit.train.config import load_config
 from llavakit.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +27,16 @@ def varied_data(folder: Path, n: int = 32) -> Path:
     records = []
     for i in range(n):
         Image.new("RGB", (32, 32), (7 * i % 255, 200 - 5 * i, 90)).save(folder / f"{i}.png")
-        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat is in the picture?"},
-            {"from": "gpt", "value": "A red circle" + " next to a blue square" * (i % 3) + "."}]})
+        records.append(
+            {
+                "id": f"s{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is in the picture?"},
+                    {"from": "gpt", "value": "A red circle" + " next to a blue square" * (i % 3) + "."},
+                ],
+            }
+        )
     path = folder / "data.json"
     path.write_text(json.dumps(records))
     return path
@@ -39,18 +46,36 @@ def varied_data(folder: Path, n: int = 32) -> Path:
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = varied_data(tmp_path / "data")
     overrides = [
-        f"data.datasets=[{{path: {data}}}]", "model.connector_weights=null",
-        "data.packing=true", "data.group_by_modality=true",
-        "optimization.global_batch_size=8", "optimization.per_device_batch_size=4", "optimization.max_steps=4",
-        "output.save_steps=0", "output.plot=false", "output.progress_bar=false",
+        f"data.datasets=[{{path: {data}}}]",
+        "model.connector_weights=null",
+        "data.packing=true",
+        "data.group_by_modality=true",
+        "optimization.global_batch_size=8",
+        "optimization.per_device_batch_size=4",
+        "optimization.max_steps=4",
+        "output.save_steps=0",
+        "output.plot=false",
+        "output.progress_bar=false",
     ]
     recipe = str(ROOT / "configs/tiny/finetune.yaml")
     # one process: 2 accumulation steps of 4 samples
     single = run_training(load_config(recipe, [*overrides, f"output.dir={tmp_path / 'one'}"]))
     # two processes: 4 samples each, no accumulation; through the command line
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "llavakit.cli", "train", recipe, *overrides, f"output.dir={tmp_path / 'two'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llavakit.cli",
+        "train",
+        recipe,
+        *overrides,
+        f"output.dir={tmp_path / 'two'}",
+    ]
     done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trained 4 step(s)" in done.stdout

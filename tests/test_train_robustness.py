@@ -11,12 +11,12 @@ from PIL import Image
 from transformers import LlamaForCausalLM, set_seed
 
 from llavakit import LlavaKitForCausalLM
-from llavakit.config import TrainConfig, load_config
-from llavakit.tiny_models import tiny_text_config
+from llavakit.tiny import tiny_text_config
+from llavakit.train.config import TrainConfig, load_config
 from llavakit.train.model_setup import build_model_and_processor
+from llavakit.train.recipes import resolve_config
 from llavakit.train.run import run_training
 from llavakit.train.skips import SkipPolicy, SkipReport, TooManyBadSamplesError
-from llavakit.train.stages import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -30,11 +30,27 @@ def mixed_data(folder: Path, good: int = 8) -> Path:
     records = []
     for i in range(good):
         Image.new("RGB", (32, 32), (40 * i % 255, 90, 200)).save(folder / f"{i}.png")
-        records.append({"id": f"ok{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "A blue square."}]})
+        records.append(
+            {
+                "id": f"ok{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe it."},
+                    {"from": "gpt", "value": "A blue square."},
+                ],
+            }
+        )
     for i in range(2):
-        records.append({"id": f"gone{i}", "image": f"missing{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": "Nothing."}]})
+        records.append(
+            {
+                "id": f"gone{i}",
+                "image": f"missing{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe it."},
+                    {"from": "gpt", "value": "Nothing."},
+                ],
+            }
+        )
     records.append({"id": "mute", "conversations": [{"from": "human", "value": "Hello?"}]})
     path = folder / "data.json"
     path.write_text(json.dumps(records))
@@ -42,16 +58,31 @@ def mixed_data(folder: Path, good: int = 8) -> Path:
 
 
 def tiny_finetune(tmp_path: Path, *overrides: str) -> TrainConfig:
-    return load_config(CONFIGS / "tiny/finetune.yaml", [
-        f"data.datasets=[{{path: {mixed_data(tmp_path / 'data')}}}]", f"output.dir={tmp_path / 'run'}",
-        "model.connector_weights=null", "output.save_steps=0", "output.plot=false", "output.progress_bar=false",
-        "data.group_by_modality=false", *overrides])
+    return load_config(
+        CONFIGS / "tiny/finetune.yaml",
+        [
+            f"data.datasets=[{{path: {mixed_data(tmp_path / 'data')}}}]",
+            f"output.dir={tmp_path / 'run'}",
+            "model.connector_weights=null",
+            "output.save_steps=0",
+            "output.plot=false",
+            "output.progress_bar=false",
+            "data.group_by_modality=false",
+            *overrides,
+        ],
+    )
 
 
 def test_bad_samples_are_skipped_counted_and_reported(tmp_path):
     # one sample per step, so a bad sample leaves a batch with nothing in it: a filler runs, learning nothing
-    result = run_training(tiny_finetune(tmp_path, "optimization.global_batch_size=1", "optimization.per_device_batch_size=1",
-                                        "data.max_skipped_fraction=0.5"))
+    result = run_training(
+        tiny_finetune(
+            tmp_path,
+            "optimization.global_batch_size=1",
+            "optimization.per_device_batch_size=1",
+            "data.max_skipped_fraction=0.5",
+        )
+    )
     report = result.skipped
     assert report.seen == 11 and report.num_skipped == 3
     assert sorted(report.skipped) == [
@@ -67,17 +98,33 @@ def test_bad_samples_are_skipped_counted_and_reported(tmp_path):
 
 
 def test_too_many_bad_samples_stop_the_run_naming_the_count(tmp_path):
-    with pytest.raises(TooManyBadSamplesError, match=r"3 of 11 samples were skipped as bad \(27\.3%\), more than "
-                                                     r"data\.max_skipped_fraction=0\.1"):
-        run_training(tiny_finetune(tmp_path, "data.max_skipped_fraction=0.1", "optimization.global_batch_size=11",
-                                   "optimization.per_device_batch_size=11"))
+    with pytest.raises(
+        TooManyBadSamplesError,
+        match=r"3 of 11 samples were skipped as bad \(27\.3%\), more than "
+        r"data\.max_skipped_fraction=0\.1",
+    ):
+        run_training(
+            tiny_finetune(
+                tmp_path,
+                "data.max_skipped_fraction=0.1",
+                "optimization.global_batch_size=11",
+                "optimization.per_device_batch_size=11",
+            )
+        )
     assert SkipReport.load(tmp_path / "run").num_skipped == 3  # reported before stopping
     assert not (tmp_path / "run" / "model.safetensors").exists()
     # during the run, once enough samples were drawn
     with pytest.raises(TooManyBadSamplesError, match=r"(\d+) of (\d+) samples were skipped") as stopped:
-        run_training(tiny_finetune(tmp_path / "early", "data.max_skipped_fraction=0.01", "data.skip_check_min_samples=4",
-                                   "optimization.global_batch_size=1", "optimization.per_device_batch_size=1",
-                                   "optimization.epochs=5"))
+        run_training(
+            tiny_finetune(
+                tmp_path / "early",
+                "data.max_skipped_fraction=0.01",
+                "data.skip_check_min_samples=4",
+                "optimization.global_batch_size=1",
+                "optimization.per_device_batch_size=1",
+                "optimization.epochs=5",
+            )
+        )
     early = SkipReport.load(tmp_path / "early" / "run")
     assert 4 <= early.seen < 55 and f"{early.num_skipped} of {early.seen} samples" in str(stopped.value)
 
@@ -93,9 +140,17 @@ def test_skip_policy_thresholds():
 
 
 def test_lora_trains_adapters_and_the_connector_then_merges(tmp_path):
-    config = tiny_finetune(tmp_path, "stage.lora.enabled=true", "stage.lora.r=4", "stage.lora.alpha=8",
-                           "stage.lora.dropout=0.0", "optimization.lr=1e-2", "optimization.max_steps=3",
-                           "output.merge_lora=true", "data.max_skipped_fraction=0.5")
+    config = tiny_finetune(
+        tmp_path,
+        "stage.lora.enabled=true",
+        "stage.lora.r=4",
+        "stage.lora.alpha=8",
+        "stage.lora.dropout=0.0",
+        "optimization.lr=1e-2",
+        "optimization.max_steps=3",
+        "output.merge_lora=true",
+        "data.max_skipped_fraction=0.5",
+    )
     set_seed(config.optimization.seed)
     original, _ = build_model_and_processor(resolve_config(config))  # what run_training starts from
     result = run_training(config)
@@ -103,18 +158,29 @@ def test_lora_trains_adapters_and_the_connector_then_merges(tmp_path):
     assert result.model_path == tmp_path / "run" / "merged"
     merged = LlavaKitForCausalLM.from_pretrained(result.model_path).state_dict()
     before = original.state_dict()
-    for name in ("language_model.model.layers.0.self_attn.q_proj.weight", "language_model.model.layers.1.mlp.down_proj.weight",
-                 "multi_modal_projector.layers.0.weight"):
+    for name in (
+        "language_model.model.layers.0.self_attn.q_proj.weight",
+        "language_model.model.layers.1.mlp.down_proj.weight",
+        "multi_modal_projector.layers.0.weight",
+    ):
         assert not torch.equal(merged[name], before[name]), name  # adapters merged in / connector trained
-    for name in ("language_model.model.embed_tokens.weight", "language_model.model.layers.0.input_layernorm.weight",
-                 "vision_tower.encoder.embeddings.patch_embedding.weight"):
+    for name in (
+        "language_model.model.embed_tokens.weight",
+        "language_model.model.layers.0.input_layernorm.weight",
+        "vision_tower.encoder.embeddings.patch_embedding.weight",
+    ):
         assert torch.equal(merged[name], before[name]), name  # not adapted, frozen
 
 
 def test_qlora_needs_bitsandbytes_and_cuda(tmp_path):
     LlamaForCausalLM(tiny_text_config()).save_pretrained(tmp_path / "language")
-    config = tiny_finetune(tmp_path, "stage.lora.enabled=true", "stage.lora.quantize=4bit", "model.tokenizer=tiny",
-                           f"model.language={tmp_path / 'language'}")
+    config = tiny_finetune(
+        tmp_path,
+        "stage.lora.enabled=true",
+        "stage.lora.quantize=4bit",
+        "model.tokenizer=tiny",
+        f"model.language={tmp_path / 'language'}",
+    )
     with pytest.raises(ValueError, match=r"stage\.lora\.quantize=4bit \(QLoRA\) needs (bitsandbytes|a CUDA GPU)"):
         run_training(config)
     dict_config = tiny_finetune(tmp_path, "stage.lora.enabled=true", "stage.lora.quantize=4bit")

@@ -12,10 +12,9 @@ from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM, TrainerCallback
 
 from llavakit import LlavaKitForCausalLM
-from llavakit.config import load_config
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.tiny_models import tiny_text_config
-from llavakit.tiny_tokenizer import build_tiny_tokenizer
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import build_tiny_tokenizer, tiny_text_config
+from llavakit.train.config import load_config
 from llavakit.train.run import CONFIG_NAME, LOSS_PLOT_NAME, run_training
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -32,11 +31,23 @@ def colour_world(folder: Path, n: int) -> tuple[Path, Path]:
     for i in range(n):
         name = list(COLOURS)[i % len(COLOURS)]
         Image.new("RGB", (40, 32), COLOURS[name]).save(folder / f"{i}.png")
-        captions.append({"id": f"c{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": name}]})
-        questions.append({"id": f"q{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat color is the picture?"},
-            {"from": "gpt", "value": f"The picture is {name}."}]})
+        captions.append(
+            {
+                "id": f"c{i}",
+                "image": f"{i}.png",
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": name}],
+            }
+        )
+        questions.append(
+            {
+                "id": f"q{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat color is the picture?"},
+                    {"from": "gpt", "value": f"The picture is {name}."},
+                ],
+            }
+        )
     (folder / "captions.json").write_text(json.dumps(captions))
     (folder / "questions.json").write_text(json.dumps(questions))
     return folder / "captions.json", folder / "questions.json"
@@ -56,12 +67,19 @@ def answer_ranking(model, processor: LlavaKitProcessor, image: Image.Image) -> l
     """The four colour answers, likeliest first (mean token loss of each answer given the image)."""
     losses = {}
     for colour in COLOURS:
-        encoded = processor.encode_conversation([
-            {"from": "human", "value": "<image>\nWhat color is the picture?"},
-            {"from": "gpt", "value": f"The picture is {colour}."}], images=[image])
+        encoded = processor.encode_conversation(
+            [
+                {"from": "human", "value": "<image>\nWhat color is the picture?"},
+                {"from": "gpt", "value": f"The picture is {colour}."},
+            ],
+            images=[image],
+        )
         with torch.no_grad():
-            losses[colour] = model(input_ids=encoded["input_ids"][None], pixel_values=encoded["pixel_values"],
-                                   labels=encoded["labels"][None]).loss.item()
+            losses[colour] = model(
+                input_ids=encoded["input_ids"][None],
+                pixel_values=encoded["pixel_values"],
+                labels=encoded["labels"][None],
+            ).loss.item()
     return sorted(losses, key=losses.get)
 
 
@@ -72,12 +90,31 @@ def mean(values) -> float:
 def test_stage1_then_stage2_on_colours(tmp_path):
     captions, questions = colour_world(tmp_path / "world", 48)
     common = ["optimization.epochs=3", "output.progress_bar=false", "output.save_total_limit=2"]
-    stage1 = run_training(load_config(CONFIGS / "tiny/pretrain.yaml", [
-        f"data.datasets=[{{path: {captions}}}]", f"output.dir={tmp_path / 'stage1'}", "output.save_steps=6", *common]))
+    stage1 = run_training(
+        load_config(
+            CONFIGS / "tiny/pretrain.yaml",
+            [
+                f"data.datasets=[{{path: {captions}}}]",
+                f"output.dir={tmp_path / 'stage1'}",
+                "output.save_steps=6",
+                *common,
+            ],
+        )
+    )
     watch = Weights()
-    stage2 = run_training(load_config(CONFIGS / "tiny/finetune.yaml", [
-        f"data.datasets=[{{path: {questions}}}]", f"output.dir={tmp_path / 'stage2'}", "output.save_steps=0",
-        f"model.connector_weights={stage1.output_dir}", *common]), callbacks=[watch])
+    stage2 = run_training(
+        load_config(
+            CONFIGS / "tiny/finetune.yaml",
+            [
+                f"data.datasets=[{{path: {questions}}}]",
+                f"output.dir={tmp_path / 'stage2'}",
+                "output.save_steps=0",
+                f"model.connector_weights={stage1.output_dir}",
+                *common,
+            ],
+        ),
+        callbacks=[watch],
+    )
 
     # the loss falls clearly in both stages (18 optimizer steps each: 48 samples x 3 epochs / 8)
     for result, drop in ((stage1, 0.5), (stage2, 1.0)):
@@ -90,14 +127,20 @@ def test_stage1_then_stage2_on_colours(tmp_path):
     connector = load_file(stage1.model_path)
     assert sorted(connector) == [f"multi_modal_projector.layers.{i}.{p}" for i in (0, 1) for p in ("bias", "weight")]
     assert not (tmp_path / "stage1" / "model.safetensors").exists()
-    assert (tmp_path / "stage1" / "config.json").is_file() and (tmp_path / "stage1" / "llavakit_processor.json").is_file()
+    assert (tmp_path / "stage1" / "config.json").is_file() and (
+        tmp_path / "stage1" / "llavakit_processor.json"
+    ).is_file()
     # its checkpoints: the last two, complete, trainable weights only, no staging folder left
     assert sorted(p.name for p in (tmp_path / "stage1").glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-18"]
     checkpoint = tmp_path / "stage1" / "checkpoint-18"
-    assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
     assert not (checkpoint / "model.safetensors").exists() and not (tmp_path / "stage1" / ".staging").exists()
-    assert torch.equal(load_file(checkpoint / "trainable.safetensors")["multi_modal_projector.layers.0.weight"],
-                       connector["multi_modal_projector.layers.0.weight"])
+    assert torch.equal(
+        load_file(checkpoint / "trainable.safetensors")["multi_modal_projector.layers.0.weight"],
+        connector["multi_modal_projector.layers.0.weight"],
+    )
 
     # stage 2 started from stage 1's connector and ends with a model folder that loads
     for name, tensor in connector.items():
@@ -125,18 +168,35 @@ def test_backbones_from_local_folders(tmp_path):
     tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4)
-    clip = CLIPModel(CLIPConfig(vision_config=dict(tower, image_size=32, patch_size=8),
-                                text_config=dict(tower, vocab_size=640), projection_dim=32))
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=dict(tower, image_size=32, patch_size=8),
+            text_config=dict(tower, vocab_size=640),
+            projection_dim=32,
+        )
+    )
     clip.save_pretrained(tmp_path / "clip")
     language = LlamaForCausalLM(tiny_text_config(vocab_size=590))  # fewer rows than the tokenizer's 600 ids: grown
     language.save_pretrained(tmp_path / "language")
     captions, _ = colour_world(tmp_path / "world", 8)
     watch = Weights()
-    result = run_training(load_config(CONFIGS / "tiny/pretrain.yaml", [
-        f"model.vision={tmp_path / 'clip'}", f"model.language={tmp_path / 'language'}",
-        f"model.tokenizer={tmp_path / 'tokenizer'}", f"data.datasets=[{{path: {captions}}}]",
-        f"output.dir={tmp_path / 'run'}", "optimization.max_steps=2", "output.save_steps=0", "output.plot=false",
-        "output.progress_bar=false"]), callbacks=[watch])
+    result = run_training(
+        load_config(
+            CONFIGS / "tiny/pretrain.yaml",
+            [
+                f"model.vision={tmp_path / 'clip'}",
+                f"model.language={tmp_path / 'language'}",
+                f"model.tokenizer={tmp_path / 'tokenizer'}",
+                f"data.datasets=[{{path: {captions}}}]",
+                f"output.dir={tmp_path / 'run'}",
+                "optimization.max_steps=2",
+                "output.save_steps=0",
+                "output.plot=false",
+                "output.progress_bar=false",
+            ],
+        ),
+        callbacks=[watch],
+    )
     # the pretrained weights were loaded (not drawn at random) and stayed frozen
     vision = clip.vision_model.state_dict()
     for name in ("embeddings.patch_embedding.weight", "encoder.layers.1.mlp.fc1.weight"):

@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
-from llavakit.config import LoraConfig, StageConfig, TrainConfig, load_config
+from llavakit.train.config import LoraConfig, StageConfig, TrainConfig, load_config
 from llavakit.train.model_setup import build_model_and_processor
-from llavakit.train.run import run_training
-from llavakit.train.stages import (
+from llavakit.train.recipes import (
     count_parameters,
     freeze_for_stage,
     gradient_accumulation_steps,
@@ -21,6 +20,7 @@ from llavakit.train.stages import (
     part_of,
     resolve_config,
 )
+from llavakit.train.run import run_training
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -36,8 +36,16 @@ def colour_data(folder: Path, n: int = 16) -> Path:
     for i in range(n):
         name = list(COLOURS)[i % len(COLOURS)]
         Image.new("RGB", (40, 32), COLOURS[name]).save(folder / f"{i}.png")
-        records.append({"id": f"s{i}", "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat color is it?"}, {"from": "gpt", "value": f"It is {name}."}]})
+        records.append(
+            {
+                "id": f"s{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat color is it?"},
+                    {"from": "gpt", "value": f"It is {name}."},
+                ],
+            }
+        )
     path = folder / "data.json"
     path.write_text(json.dumps(records))
     return path
@@ -65,8 +73,16 @@ def tiny(stage: str, tmp_path: Path, *overrides: str) -> TrainConfig:
 
 def test_recipes_fill_what_the_config_leaves_open():
     pretrain = resolve_config(TrainConfig(stage=StageConfig(name="pretrain")))
-    assert (pretrain.stage.train_vision, pretrain.stage.train_connector, pretrain.stage.train_llm) == (False, True, False)
-    assert (pretrain.optimization.lr, pretrain.optimization.global_batch_size, pretrain.optimization.epochs) == (1e-3, 256, 1)
+    assert (pretrain.stage.train_vision, pretrain.stage.train_connector, pretrain.stage.train_llm) == (
+        False,
+        True,
+        False,
+    )
+    assert (pretrain.optimization.lr, pretrain.optimization.global_batch_size, pretrain.optimization.epochs) == (
+        1e-3,
+        256,
+        1,
+    )
     linear = TrainConfig(stage=StageConfig(name="pretrain"))
     linear.model.connector = "linear"
     assert resolve_config(linear).optimization.lr == 2e-3  # LLaVA aligned its linear projection at 2e-3
@@ -116,10 +132,13 @@ def test_freeze_for_stage_counts_each_part(tmp_path, caplog):
         "llm": sum(p.numel() for p in model.language_model.parameters()),
     }
     assert sizes["connector"] == (32 * 64 + 64) + (64 * 64 + 64)  # mlp2x_gelu: vision 32 -> text 64 -> 64
-    with caplog.at_level("INFO", logger="llavakit.train.stages"):
+    with caplog.at_level("INFO", logger="llavakit.train.recipes"):
         report = freeze_for_stage(model, resolve_config(tiny("pretrain", tmp_path)).stage)
     assert {part: (c.total, c.trainable) for part, c in report.parts.items()} == {
-        "vision": (sizes["vision"], 0), "connector": (sizes["connector"], sizes["connector"]), "llm": (sizes["llm"], 0)}
+        "vision": (sizes["vision"], 0),
+        "connector": (sizes["connector"], sizes["connector"]),
+        "llm": (sizes["llm"], 0),
+    }
     assert "stage pretrain: 6,272 of" in caplog.text and "(frozen)" in caplog.text
     stage = resolve_config(tiny("finetune", tmp_path, "stage.train_vision=true")).stage
     report = freeze_for_stage(model, stage)
@@ -128,11 +147,13 @@ def test_freeze_for_stage_counts_each_part(tmp_path, caplog):
 
 
 def test_parameter_groups_split_by_part_and_decay():
-    model = torch.nn.ModuleDict({
-        "vision_tower": torch.nn.Linear(2, 2),
-        "multi_modal_projector": torch.nn.Linear(2, 3),
-        "language_model": torch.nn.ModuleDict({"layer": torch.nn.Linear(3, 3), "norm": torch.nn.LayerNorm(3)}),
-    })
+    model = torch.nn.ModuleDict(
+        {
+            "vision_tower": torch.nn.Linear(2, 2),
+            "multi_modal_projector": torch.nn.Linear(2, 3),
+            "language_model": torch.nn.ModuleDict({"layer": torch.nn.Linear(3, 3), "norm": torch.nn.LayerNorm(3)}),
+        }
+    )
     model["vision_tower"].requires_grad_(False)
     decay = ["multi_modal_projector.weight", "language_model.layer.weight"]
     groups = parameter_groups(model, {"vision": 1.0, "connector": 0.1, "llm": 0.01}, 0.05, decay)

@@ -9,11 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.data.video import FrameSampling, VideoConfig, load_video, sample_frame_indices, video_frames
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
-
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.processing.video import (
+    FrameSampling,
+    VideoConfig,
+    load_video,
+    sample_frame_indices,
+    video_frames,
+)
+from llavakit.tiny import tiny_llava_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,7 +1,7 @@
 """llavakit: build, train, evaluate and serve LLaVA-family multimodal models."""
 
 from llavakit.model.configuration import LlavaKitConfig
-from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.model.modeling import LlavaKitForCausalLM
 
 __all__ = ["LlavaKitConfig", "LlavaKitForCausalLM"]
 __version__ = "0.1.0"

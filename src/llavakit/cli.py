@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from llavakit.interop import import_checkpoint
+    from llavakit.interop.folders import import_checkpoint
 
     import_checkpoint(args.source, args.output, template=args.template, vision_tower=args.vision_tower)
     print(f"wrote llavakit checkpoint to {args.output}")
@@ -55,10 +55,13 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from llavakit.interop import export_checkpoint
+    from llavakit.interop.folders import export_checkpoint
 
     export_checkpoint(args.checkpoint, args.output)
-    print(f"wrote transformers checkpoint (Llava, LlavaNext or LlavaOnevision, by the model's image mode) to {args.output}")
+    print(
+        "wrote transformers checkpoint (Llava, LlavaNext or LlavaOnevision, by the model's image mode) "
+        f"to {args.output}"
+    )
     return 0
 
 
@@ -66,15 +69,21 @@ def _eval(args: argparse.Namespace) -> int:
     from llavakit.eval.runner import evaluate_main
 
     return evaluate_main(
-        args.model, args.data, image_folder=args.image_folder, output=args.output, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, device=args.device, task=args.task,
+        args.model,
+        args.data,
+        image_folder=args.image_folder,
+        output=args.output,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        task=args.task,
         on_bad_image="skip" if args.skip_bad_images else "error",
     )
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from llavakit.data.instruct import write_instruct_files
-    from llavakit.data.synth import write_world
+    from llavakit.synthetic.instruct import write_instruct_files
+    from llavakit.synthetic.world import write_world
 
     manifest = write_world(args.output, n=args.n, seed=args.seed, test_fraction=args.test_fraction)
     files = write_instruct_files(manifest.root, seed=args.seed)
@@ -85,30 +94,55 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 # `data instruct` options read only by the openai backend; None (unset) leaves generate_main's default.
-_TEACHER_OPTIONS = ("base_url", "model", "api_key_env", "kinds", "limit", "max_concurrency", "temperature",
-                    "max_tokens", "prompt_price", "completion_price", "max_attempts", "base_delay", "timeout",
-                    "cache_dir", "refresh")
+_TEACHER_OPTIONS = (
+    "base_url",
+    "model",
+    "api_key_env",
+    "kinds",
+    "limit",
+    "max_concurrency",
+    "temperature",
+    "max_tokens",
+    "prompt_price",
+    "completion_price",
+    "max_attempts",
+    "base_delay",
+    "timeout",
+    "cache_dir",
+    "refresh",
+)
 
 
 def _data_instruct(args: argparse.Namespace) -> int:
-    teacher = {name: getattr(args, name) for name in _TEACHER_OPTIONS
-               if getattr(args, name) is not None and getattr(args, name) is not False}
+    teacher = {
+        name: getattr(args, name)
+        for name in _TEACHER_OPTIONS
+        if getattr(args, name) is not None and getattr(args, name) is not False
+    }
     if args.backend == "offline":
         if teacher:
             flags = ", ".join("--" + name.replace("_", "-") for name in teacher)
             raise ValueError(f"{flags}: only for --backend openai")
-        from llavakit.data.instruct import write_instruct_files
+        from llavakit.synthetic.instruct import write_instruct_files
 
         for name, path in write_instruct_files(args.world, args.output, seed=args.seed).items():
             print(f"{name}: {path}")
         return 0
-    from llavakit.data.instruct_llm import generate_main
+    from llavakit.synthetic.teacher import generate_main
 
     if teacher.get("max_tokens") == 0:
         teacher["max_tokens"] = None  # no limit sent
     try:
-        return generate_main(args.world, args.output, teacher.pop("kinds", []), teacher.pop("limit", None), args.seed,
-                             teacher.pop("base_url", None), teacher.pop("model", None), **teacher)
+        return generate_main(
+            args.world,
+            args.output,
+            teacher.pop("kinds", []),
+            teacher.pop("limit", None),
+            args.seed,
+            teacher.pop("base_url", None),
+            teacher.pop("model", None),
+            **teacher,
+        )
     except (ImportError, RuntimeError) as error:  # no SDK; the endpoint refused the key, URL or model
         print(f"llavakit data instruct: error: {error}", file=sys.stderr)
         return 2
@@ -116,7 +150,7 @@ def _data_instruct(args: argparse.Namespace) -> int:
 
 def _data_check(args: argparse.Namespace) -> int:
     from llavakit.data.dataset import DatasetSpec, check_data
-    from llavakit.data.processor import LlavaKitProcessor
+    from llavakit.processing.processor import LlavaKitProcessor
 
     processor = LlavaKitProcessor.from_pretrained(args.processor) if args.processor else None
     specs = [DatasetSpec(path, image_folder=args.image_folder) for path in args.data]
@@ -145,46 +179,65 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(run=_chat)
 
     demo = commands.add_parser(
-        "demo", help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
+        "demo",
+        help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
         description="Generates a synthetic world of shapes, pretrains a tiny CLIP and language model on it, "
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
-        "and answers a question. Offline; about 8 minutes on 2 CPU cores (--size quick: about 5).")
+        "and answers a question. Offline; about 8 minutes on 2 CPU cores (--size quick: about 5).",
+    )
     demo.add_argument("--size", choices=("full", "quick"), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")
     demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")
     demo.set_defaults(run=_demo)
 
-    importer = commands.add_parser("import", help="transformers Llava / LlavaNext / LlavaOnevision or original LLaVA folder -> llavakit checkpoint")
+    importer = commands.add_parser(
+        "import", help="transformers Llava / LlavaNext / LlavaOnevision or original LLaVA folder -> llavakit checkpoint"
+    )
     importer.add_argument("source")
     importer.add_argument("output")
     importer.add_argument("--template", help="conversation template (default: chosen from the language model)")
-    importer.add_argument("--vision-tower", help="original LLaVA: local folder of the vision tower named in mm_vision_tower")
+    importer.add_argument(
+        "--vision-tower", help="original LLaVA: local folder of the vision tower named in mm_vision_tower"
+    )
     importer.set_defaults(run=_import)
 
-    exporter = commands.add_parser("export", help="llavakit checkpoint -> transformers Llava (fixed), LlavaNext (anyres, hd) or LlavaOnevision (anyres_max_N) folder")
+    exporter = commands.add_parser(
+        "export",
+        help="llavakit checkpoint -> transformers Llava (fixed), LlavaNext (anyres, hd) "
+        "or LlavaOnevision (anyres_max_N) folder",
+    )
     exporter.add_argument("checkpoint")
     exporter.add_argument("output")
     exporter.set_defaults(run=_export)
 
     evaluation = commands.add_parser("eval", help="answer question files greedily; metrics, baselines, predictions")
     evaluation.add_argument("model", help="llavakit checkpoint folder")
-    evaluation.add_argument("data", nargs="+", help="question files (.jsonl / .json), e.g. eval_vqa.jsonl eval_pope.jsonl")
+    evaluation.add_argument(
+        "data", nargs="+", help="question files (.jsonl / .json), e.g. eval_vqa.jsonl eval_pope.jsonl"
+    )
     evaluation.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
     evaluation.add_argument("--output", help="folder for predictions_<set>.jsonl, results.json and results.md")
     evaluation.add_argument("--batch-size", type=int, default=8)
     evaluation.add_argument("--max-new-tokens", type=int, default=128)
     evaluation.add_argument("--device", default="cpu")
-    evaluation.add_argument("--task", choices=("vqa", "exact", "counting", "pope"),
-                            help="scoring for every file (default: from each file's name)")
-    evaluation.add_argument("--skip-bad-images", action="store_true",
-                            help="leave out questions whose image is missing or broken (counted and reported) "
-                            "instead of stopping")
+    evaluation.add_argument(
+        "--task",
+        choices=("vqa", "exact", "counting", "pope"),
+        help="scoring for every file (default: from each file's name)",
+    )
+    evaluation.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out questions whose image is missing or broken (counted and reported) instead of stopping",
+    )
     evaluation.set_defaults(run=_eval)
     train = commands.add_parser(
-        "train", help="train one stage from a YAML recipe, e.g. configs/llava-1.5/pretrain-7b.yaml",
+        "train",
+        help="train one stage from a YAML recipe, e.g. configs/llava-1.5/pretrain-7b.yaml",
         description="Runs transformers' Trainer (DDP, DeepSpeed or FSDP when launched with torchrun / deepspeed) "
         "on a YAML recipe. Overrides are dotted key=value pairs whose values are read as YAML, e.g. "
-        "optimization.lr=2e-5 data.packing=true output.resume=true.")
+        "optimization.lr=2e-5 data.packing=true output.resume=true.",
+    )
     train.add_argument("config", help="YAML recipe (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(run=_train)
@@ -197,18 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-fraction", type=float, default=0.2)
     synth.set_defaults(run=_data_synth)
     instruct = data_commands.add_parser(
-        "instruct", help="instruction data from a synthetic world: offline templates, or an LLM teacher",
+        "instruct",
+        help="instruction data from a synthetic world: offline templates, or an LLM teacher",
         description="--backend offline (default) writes pretrain.json, instruct.json and eval_*.jsonl from "
         "templates. --backend openai asks any OpenAI-compatible chat endpoint for LLaVA's conversation, "
         "detail and reasoning samples and appends them to instruct_llm.jsonl (cached, resumable); "
-        "see docs/instruct.md.")
+        "see docs/instruct.md.",
+    )
     instruct.add_argument("world", help="folder written by `llavakit data synth`")
     instruct.add_argument("--output", help="default: the world folder")
     instruct.add_argument("--seed", type=int, default=0)
     instruct.add_argument("--backend", choices=("offline", "openai"), default="offline")
     teacher = instruct.add_argument_group("openai backend")
-    teacher.add_argument("--base-url", help="endpoint, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, "
-                         "else OpenAI's API)")
+    teacher.add_argument(
+        "--base-url", help="endpoint, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, else OpenAI's API)"
+    )
     teacher.add_argument("--model", help="model name the endpoint serves (default: $OPENAI_MODEL)")
     teacher.add_argument("--api-key-env", help="environment variable holding the key (default: OPENAI_API_KEY)")
     teacher.add_argument("--kinds", nargs="+", help="conversation, detail, reasoning (default: all three)")
@@ -219,12 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--prompt-price", type=float, help="price per million prompt tokens, for the cost line")
     teacher.add_argument("--completion-price", type=float, help="price per million completion tokens")
     teacher.add_argument("--max-attempts", type=int, help="HTTP attempts per request (default: 5)")
-    teacher.add_argument("--base-delay", type=float, help="first backoff delay in seconds, doubled each retry "
-                         "(default: 1)")
+    teacher.add_argument(
+        "--base-delay", type=float, help="first backoff delay in seconds, doubled each retry (default: 1)"
+    )
     teacher.add_argument("--timeout", type=float, help="seconds per request (default: 120)")
     teacher.add_argument("--cache-dir", help="request cache (default: llm_cache/ next to the output)")
-    teacher.add_argument("--refresh", action="store_true", help="ask again for cached requests (e.g. unusable "
-                         "replies of failed samples); written samples are skipped anyway")
+    teacher.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask again for cached requests (e.g. unusable "
+        "replies of failed samples); written samples are skipped anyway",
+    )
     instruct.set_defaults(run=_data_instruct)
     check = data_commands.add_parser("check", help="count samples, images, tokens; list every bad sample")
     check.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")

@@ -49,10 +49,10 @@ from rich.table import Table
 from rich.text import Text
 from torch.utils.data import Dataset
 
-from llavakit.data.images import load_image
-from llavakit.data.processor import IGNORE_INDEX, LlavaKitProcessor
-from llavakit.data.templates import IMAGE_PLACEHOLDER, normalize_conversation
-from llavakit.data.video import FrameSampling, load_video
+from llavakit.processing.images import load_image
+from llavakit.processing.processor import IGNORE_INDEX, LlavaKitProcessor
+from llavakit.processing.templates import IMAGE_PLACEHOLDER, normalize_conversation
+from llavakit.processing.video import FrameSampling, load_video
 
 # A record that could not be read (a malformed JSONL line, a list item that is not an object)
 # is kept in its place as {"id": ..., LOAD_ERROR_KEY: reason}, so it is counted and reported
@@ -291,7 +291,9 @@ def _check_placeholders(texts: list[str], images: int, videos: int, processor: L
         token = processor.video_token if _has_video_layout(processor) else VIDEO_PLACEHOLDER
         placeholders = sum(text.count(token) for text in texts)
         if placeholders != videos:
-            raise BadSampleError("<video> count mismatch", f"{placeholders} {token} placeholder(s) but {videos} video(s)")
+            raise BadSampleError(
+                "<video> count mismatch", f"{placeholders} {token} placeholder(s) but {videos} video(s)"
+            )
 
 
 def encode_record(
@@ -597,15 +599,38 @@ class DataReport:
         for column in columns:
             counts.add_column(column, justify="left" if column == "dataset" else "right")
         rows = [
-            (s.name, s.records, s.samples, s.good, s.bad, s.images, s.videos, s.text_only, s.tokens,
-             s.answer_tokens, s.longest)
+            (
+                s.name,
+                s.records,
+                s.samples,
+                s.good,
+                s.bad,
+                s.images,
+                s.videos,
+                s.text_only,
+                s.tokens,
+                s.answer_tokens,
+                s.longest,
+            )
             for s in self.datasets
         ]
         if len(self.datasets) > 1:
             longest = max((s.longest for s in self.datasets), default=0)
-            rows.append(("total", self._total("records"), self.num_samples, self.num_good, self._total("bad"),
-                         self.num_images, self.num_videos, self.num_text_only, self.num_tokens,
-                         self.num_answer_tokens, longest))
+            rows.append(
+                (
+                    "total",
+                    self._total("records"),
+                    self.num_samples,
+                    self.num_good,
+                    self._total("bad"),
+                    self.num_images,
+                    self.num_videos,
+                    self.num_text_only,
+                    self.num_tokens,
+                    self.num_answer_tokens,
+                    longest,
+                )
+            )
         for row in rows:
             counts.add_row(*(Text(str(value)) for value in row[: len(columns)]))
         console.print(counts)

@@ -10,16 +10,29 @@ AdamW, with a progress bar and the loss history returned for the plots.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPModel, CLIPVisionModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionModel,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from llavakit.data.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig, load_image, preprocess
+from llavakit.processing.images import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageProcessingConfig,
+    load_image,
+    preprocess,
+)
 
 
 @dataclass
@@ -50,8 +63,9 @@ def _train_loop(
     warmup = max(1, settings.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: min(1.0, (step + 1) / warmup)
-        * 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, settings.steps)))),
+        lambda step: (
+            min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, settings.steps))))
+        ),
     )
     model.train()
     progress = tqdm(range(settings.steps), desc=description, unit="step")
@@ -106,12 +120,19 @@ def pretrain_clip(
     pixels = torch.from_numpy(np.stack([preprocess(load_image(path), image_config) for path in image_paths]))
     end = tokenizer.pad_token_id
     tokenized = clip_text_ids(tokenizer, captions)
-    tower = dict(hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
-                 num_attention_heads=4)
+    tower = dict(
+        hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers, num_attention_heads=4
+    )
     config = CLIPConfig(
         vision_config=dict(tower, image_size=image_size, patch_size=patch_size),
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=128,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=end, pad_token_id=end),
+        text_config=dict(
+            tower,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=128,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=end,
+            pad_token_id=end,
+        ),
         projection_dim=hidden_size,
     )
     model = CLIPModel(config)
@@ -120,7 +141,10 @@ def pretrain_clip(
 
 
 def pretrain_language_model(
-    model: PreTrainedModel, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, context: int,
+    model: PreTrainedModel,
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    context: int,
     settings: LoopSettings,
 ) -> PreTrainedModel:
     """Next-token training on the world's text, packed into `context`-token chunks (GPT-style)."""

@@ -25,7 +25,6 @@ import torch
 from rich.console import Console
 from transformers import LlamaForCausalLM
 
-from llavakit.config import DataConfig, DatasetConfig, ModelConfig, OptimizationConfig, OutputConfig, StageConfig, TrainConfig
 from llavakit.demo.backbones import (
     LoopSettings,
     language_model_config,
@@ -36,6 +35,15 @@ from llavakit.demo.backbones import (
 from llavakit.demo.settings import DemoSettings
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
 from llavakit.eval.questions import read_questions
+from llavakit.train.config import (
+    DataConfig,
+    DatasetConfig,
+    ModelConfig,
+    OptimizationConfig,
+    OutputConfig,
+    StageConfig,
+    TrainConfig,
+)
 from llavakit.train.plots import plot_loss_panels
 
 STAGE2_TEMPLATE = "vicuna_v1"
@@ -71,7 +79,9 @@ def _model_section(backbones: Path, **extra: Any) -> ModelConfig:
     )
 
 
-def _data_section(path: Path, world: DemoWorld, template: str, settings: DemoSettings, fraction: float = 1.0) -> DataConfig:
+def _data_section(
+    path: Path, world: DemoWorld, template: str, settings: DemoSettings, fraction: float = 1.0
+) -> DataConfig:
     return DataConfig(
         datasets=[DatasetConfig(path=str(path), image_folder=str(world.root), fraction=fraction, name=path.stem)],
         template=template,
@@ -139,8 +149,16 @@ def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> d
     tokenizer.save_pretrained(out / "tokenizer")
     images, captions = world.caption_pairs()
     clip_loop = LoopSettings(settings.clip_steps, settings.clip_batch, settings.clip_lr, settings.seed)
-    clip = pretrain_clip(images, captions, tokenizer, settings.image_size, settings.patch_size,
-                         settings.vision_hidden, settings.vision_layers, clip_loop)
+    clip = pretrain_clip(
+        images,
+        captions,
+        tokenizer,
+        settings.image_size,
+        settings.patch_size,
+        settings.vision_hidden,
+        settings.vision_layers,
+        clip_loop,
+    )
     vision_half(clip).save_pretrained(out / "clip")
     language = LlamaForCausalLM(language_model_config(tokenizer, settings.text_hidden, settings.text_layers))
     lm_loop = LoopSettings(settings.lm_steps, settings.lm_batch, settings.lm_lr, settings.seed)
@@ -193,8 +211,15 @@ def _evaluate(model_dir: Path, files: list[Path], world: DemoWorld, out: Path, s
     from llavakit.serve.chat import load_chat_model
 
     model, processor = load_chat_model(model_dir)
-    results = evaluate_files(model, processor, files, image_folder=world.root, batch_size=settings.eval_batch,
-                             max_new_tokens=16, output_dir=out)
+    results = evaluate_files(
+        model,
+        processor,
+        files,
+        image_folder=world.root,
+        batch_size=settings.eval_batch,
+        max_new_tokens=16,
+        output_dir=out,
+    )
     return model, processor, results
 
 
@@ -217,14 +242,19 @@ def run_demo(output_dir: str | Path, settings: DemoSettings, console: Console | 
     started = time.perf_counter()
 
     world = phases.run("synthetic world", make_world, out / "world", settings)
-    losses = phases.run("backbone pretraining (CLIP + language model)", pretrain_backbones, out / "backbones", world, settings)
+    losses = phases.run(
+        "backbone pretraining (CLIP + language model)", pretrain_backbones, out / "backbones", world, settings
+    )
     stage1 = phases.run("stage 1: align the connector", run_training, stage1_config(out, world, settings))
     losses["stage 1 (alignment)"] = stage1.losses
-    stage2 = phases.run("stage 2: instruction tuning", run_training, stage2_config(out, world, settings, stage1.output_dir))
+    stage2 = phases.run(
+        "stage 2: instruction tuning", run_training, stage2_config(out, world, settings, stage1.output_dir)
+    )
     losses["stage 2 (instruction tuning)"] = stage2.losses
     files = subsample_eval_sets(world, out / "eval_sets", settings)
-    model, processor, results = phases.run("evaluation on the held-out split", _evaluate, stage2.model_path, files, world,
-                                           out / "eval", settings)
+    model, processor, results = phases.run(
+        "evaluation on the held-out split", _evaluate, stage2.model_path, files, world, out / "eval", settings
+    )
     plot_loss_panels(losses, out / "losses.png", "llavakit demo: training losses")
     answer = _answer(model, processor, held_out_question(world, settings.seed))
     total = time.perf_counter() - started
@@ -232,11 +262,20 @@ def run_demo(output_dir: str | Path, settings: DemoSettings, console: Console | 
     console.print(results_table(results, title="Held-out evaluation (chance and majority baselines beside each)"))
     console.print(f"[bold]Held-out image[/bold] {answer['image']}")
     console.print(f"USER: {answer['question']}\nASSISTANT: {answer['prediction']}\n(true answer: {answer['answer']})")
-    result = DemoResult(out, stage2.model_path, {name: r.to_dict() for name, r in results.items()}, losses, answer,
-                        dict(phases.seconds, total=total), _peak_memory_mb())
+    result = DemoResult(
+        out,
+        stage2.model_path,
+        {name: r.to_dict() for name, r in results.items()},
+        losses,
+        answer,
+        dict(phases.seconds, total=total),
+        _peak_memory_mb(),
+    )
     _write_summary(result, results_markdown(results), settings)
-    console.print(f"Total {total:.0f} s, peak memory {result.peak_memory_mb:.0f} MB. Loss curves: {out / 'losses.png'}; "
-                  f"chat with: llavakit chat --model {stage2.model_path}")
+    console.print(
+        f"Total {total:.0f} s, peak memory {result.peak_memory_mb:.0f} MB. Loss curves: {out / 'losses.png'}; "
+        f"chat with: llavakit chat --model {stage2.model_path}"
+    )
     return result
 
 

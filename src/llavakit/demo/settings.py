@@ -48,7 +48,7 @@ class DemoSettings:
     eval_batch: int = 32
     seed: int = 0
 
-    def replace(self, **changes: object) -> "DemoSettings":
+    def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
 
-from llavakit.data.instruct import write_instruct_files
-from llavakit.data.synth import describe, load_scenes, write_world
-from llavakit.data.templates import IMAGE_PLACEHOLDER, get_template
 from llavakit.demo.settings import DemoSettings
-from llavakit.tiny_tokenizer import build_tiny_tokenizer
+from llavakit.processing.templates import IMAGE_PLACEHOLDER, get_template
+from llavakit.synthetic.instruct import write_instruct_files
+from llavakit.synthetic.world import describe, load_scenes, write_world
+from llavakit.tiny import build_tiny_tokenizer
 
 EVAL_SETS = ("vqa", "counting", "ocr", "region", "pope")
 
@@ -51,8 +51,9 @@ class DemoWorld:
         for path in (self.pretrain, self.instruct):
             for record in json.loads(path.read_text()):
                 told = descriptions[record["image"]]
-                conversation = [dict(turn, value=turn["value"].replace(IMAGE_PLACEHOLDER, told))
-                                for turn in record["conversations"]]
+                conversation = [
+                    dict(turn, value=turn["value"].replace(IMAGE_PLACEHOLDER, told)) for turn in record["conversations"]
+                ]
                 texts.append(chat.render(conversation, sample_id=record["id"]).text)
         return texts
 

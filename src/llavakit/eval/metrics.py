@@ -64,7 +64,9 @@ def _check_vqa(answer: Any, question_id: Any) -> None:
 def _check_exact(answer: Any, question_id: Any) -> None:
     references = [answer] if isinstance(answer, str) else answer
     if not isinstance(references, Sequence) or not references or not all(isinstance(a, str) for a in references):
-        raise ValueError(f"question {question_id!r}: task 'exact' needs an answer string or a list of them, got {answer!r}")
+        raise ValueError(
+            f"question {question_id!r}: task 'exact' needs an answer string or a list of them, got {answer!r}"
+        )
 
 
 def _check_counting(answer: Any, question_id: Any) -> None:

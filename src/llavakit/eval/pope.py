@@ -18,7 +18,7 @@ LABELS = ("yes", "no")
 
 
 def pope_answer(text: str) -> str:
-    """"yes" or "no" for a free-form answer (LLaVA's eval_pope rule, see the module docstring)."""
+    """ "yes" or "no" for a free-form answer (LLaVA's eval_pope rule, see the module docstring)."""
     first_sentence = text.split(".")[0]
     words = first_sentence.replace(",", "").split(" ")
     return "no" if _NO_WORDS.intersection(words) else "yes"

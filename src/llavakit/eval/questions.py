@@ -11,7 +11,7 @@ writes `eval_vqa.jsonl`, `eval_counting.jsonl`, `eval_ocr.jsonl`, `eval_region.j
 - optional `category`, `strategy` (POPE), `num_choices` (answers a uniform guesser picks from).
 
 The task comes from the file name when not given (`infer_task`), and the two baselines
-beside every metric come from `llavakit.data.instruct`: `chance` (uniform guessing among
+beside every metric come from `llavakit.eval.baselines`: `chance` (uniform guessing among
 `num_choices`) and `majority` (always the most common answer of the question's category).
 """
 
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llavakit.data.instruct import chance_accuracy, majority_accuracy
 from llavakit.eval.metrics import get_task
 
 Question = dict[str, Any]
@@ -80,9 +79,7 @@ def infer_task(path: str | Path, questions: Sequence[Mapping[str, Any]]) -> str:
     name = Path(path).name.lower()
     task = next((task for word, task in _TASKS_BY_NAME if word in name), None)
     if task in (None, "vqa"):
-        human_lists = all(
-            isinstance(q.get("answer"), (list, tuple)) and len(q["answer"]) > 1 for q in questions
-        )
+        human_lists = all(isinstance(q.get("answer"), (list, tuple)) and len(q["answer"]) > 1 for q in questions)
         task = "vqa" if human_lists else "exact"
     return task
 
@@ -107,22 +104,6 @@ def check_questions(questions: Sequence[Mapping[str, Any]], task: str) -> None:
         if "answer" not in question:
             raise ValueError(f"question {qid!r} has no 'answer'")
         scoring.check_answer(question["answer"], qid)
-
-
-def baselines(questions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """`chance` and `majority` accuracy of `questions`, each where their fields allow it.
-
-    Chance needs a positive `num_choices` on every question; majority needs hashable
-    answers (single strings), grouped by `category` (one group when there is none).
-    """
-    if not questions:
-        return {}
-    out: dict[str, float] = {}
-    if all(isinstance(q.get("num_choices"), int) and q["num_choices"] > 0 for q in questions):
-        out["chance"] = chance_accuracy(questions)
-    if all(isinstance(q.get("answer"), (str, int)) for q in questions):
-        out["majority"] = majority_accuracy([{**q, "category": q.get("category", "")} for q in questions])
-    return out
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,15 @@ def _skip_note(results: Mapping[str, EvalResult]) -> str | None:
 def results_table(results: Mapping[str, EvalResult], title: str = "Evaluation") -> Table:
     """One rich table over several sets: a row per set and per group, accuracy beside its baselines."""
     table = Table(title=title)
-    for name, justify in (("set", "left"), ("questions", "left"), ("n", "right"), ("accuracy", "right"),
-                          ("chance", "right"), ("majority", "right"), ("more", "left")):
+    for name, justify in (
+        ("set", "left"),
+        ("questions", "left"),
+        ("n", "right"),
+        ("accuracy", "right"),
+        ("chance", "right"),
+        ("majority", "right"),
+        ("more", "left"),
+    ):
         table.add_column(name, justify=justify)
     for index, (name, result) in enumerate(results.items()):
         if index:

@@ -33,11 +33,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from llavakit.data.images import load_image
+from llavakit.eval.baselines import baselines
 from llavakit.eval.metrics import get_task, grouped_metrics, task_metrics
-from llavakit.eval.questions import Question, QuestionSet, baselines, check_questions, load_question_set
+from llavakit.eval.questions import (
+    Question,
+    QuestionSet,
+    check_questions,
+    load_question_set,
+)
 from llavakit.eval.report import result_table, results_markdown, results_table
 from llavakit.eval.result import EvalResult
+from llavakit.processing.images import load_image
 
 DEFAULT_GROUP_BY = ("category", "strategy")
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -348,8 +354,8 @@ def evaluate_main(
     """
     from rich.console import Console
 
-    from llavakit.data.processor import LlavaKitProcessor
-    from llavakit.model.llava import LlavaKitForCausalLM
+    from llavakit.model.modeling import LlavaKitForCausalLM
+    from llavakit.processing.processor import LlavaKitProcessor
 
     sets = _load_sets(data, task)
     if not Path(model_path).is_dir():

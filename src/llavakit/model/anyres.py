@@ -35,7 +35,7 @@ from __future__ import annotations
 import ast
 import math
 import re
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -87,9 +87,7 @@ def grid_pinpoints(crop_size: int, grid_range: tuple[Size, Size] = ((1, 6), (1, 
     if not (0 < row_lo <= row_hi and 0 < col_lo <= col_hi):
         raise ValueError(f"grid_range must be ((first_row, last_row), (first_col, last_col)), got {grid_range}")
     return [
-        (rows * crop_size, cols * crop_size)
-        for rows in range(row_lo, row_hi + 1)
-        for cols in range(col_lo, col_hi + 1)
+        (rows * crop_size, cols * crop_size) for rows in range(row_lo, row_hi + 1) for cols in range(col_lo, col_hi + 1)
     ]
 
 
@@ -334,9 +332,7 @@ def pack_anyres_features(
 # --------------------------------------------------------------------------- token counts
 
 
-def anyres_feature_shape(
-    image_size, pinpoints, crop_size: int, patch_size: int, max_crops: int | None = None
-) -> Size:
+def anyres_feature_shape(image_size, pinpoints, crop_size: int, patch_size: int, max_crops: int | None = None) -> Size:
     """Shape of an image's merged crop features after unpadding (and reduction with `max_crops`)."""
     side = tokens_per_side(crop_size, patch_size)
     rows, cols = anyres_grid_shape(image_size, pinpoints, crop_size)
@@ -411,7 +407,9 @@ def pool_video_features(features: torch.Tensor, mode: str = "bilinear", stride: 
         pooled = pool_video_features(features.view(frames, side, side, channels), mode, stride)
         return pooled.reshape(frames, -1, channels)
     if features.dim() != 4:
-        raise ValueError(f"video features must be (frames, H, W, C) or (frames, tokens, C), got {tuple(features.shape)}")
+        raise ValueError(
+            f"video features must be (frames, H, W, C) or (frames, tokens, C), got {tuple(features.shape)}"
+        )
     height, width = features.shape[1:3]
     size = pooled_shape(height, width, mode, stride)
     maps = features.permute(0, 3, 1, 2)

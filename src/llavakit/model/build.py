@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from llavakit.model.configuration import LlavaKitConfig
-from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.model.modeling import LlavaKitForCausalLM
 
 # Vision models by the model_type of their (vision or full) config.
 _VISION_CLASSES = {

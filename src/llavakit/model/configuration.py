@@ -81,7 +81,8 @@ class LlavaKitConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
-                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
+                "vision_feature_select_strategy must be 'default' or 'full', "
+                f"got {self.vision_feature_select_strategy!r}"
             )
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
@@ -98,16 +99,19 @@ class LlavaKitConfig(PreTrainedConfig):
             raise ValueError(f"hd_max_cells must be >= 1, got {self.hd_max_cells}")
         anyres.pooled_shape(2, 2, self.video_pool_mode, self.video_pool_stride)
         if self.video_newline not in anyres.VIDEO_NEWLINE_PLACEMENTS:
-            raise ValueError(f"video_newline must be one of {anyres.VIDEO_NEWLINE_PLACEMENTS}, got {self.video_newline!r}")
+            raise ValueError(
+                f"video_newline must be one of {anyres.VIDEO_NEWLINE_PLACEMENTS}, got {self.video_newline!r}"
+            )
         needs_square_map = mode != "fixed" or self.video_token_id is not None
         if needs_square_map and self.num_image_tokens != self.feature_side**2:
             raise ValueError(
                 f"image_mode {mode!r} / video input merge and pool square feature maps, but the vision tower gives "
                 f"{self.num_image_tokens} features per crop with strategy {self.vision_feature_select_strategy!r} "
-                f"({self.feature_side}x{self.feature_side} patches): use 'default' with CLIP (drops CLS), 'full' with SigLIP"
+                f"({self.feature_side}x{self.feature_side} patches): "
+                "use 'default' with CLIP (drops CLS), 'full' with SigLIP"
             )
         if mode != "fixed":
-            self.grid_pinpoints  # parses and checks the canvases
+            _ = self.grid_pinpoints  # parses and checks the canvases
 
     @property
     def num_feature_layers(self) -> int:

@@ -7,7 +7,7 @@ decorator. `mlpNx_gelu` is parsed for any N (LLaVA-1.5 uses N=2); `linear` is LL
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -22,7 +22,7 @@ class VisionTower(nn.Module):
         self.select_strategy = select_strategy
 
     @classmethod
-    def from_config(cls, config: PreTrainedConfig, feature_layer: int | list[int], select_strategy: str) -> "VisionTower":
+    def from_config(cls, config: PreTrainedConfig, feature_layer: int | list[int], select_strategy: str) -> VisionTower:
         return cls(AutoModel.from_config(config), feature_layer, select_strategy)
 
     @property

@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
-from llavakit.data.images import load_image
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.llava import LlavaKitForCausalLM
-from llavakit.tiny_models import tiny_llava_config
-from llavakit.tiny_tokenizer import build_tiny_tokenizer
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.images import load_image
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.tiny import build_tiny_tokenizer, tiny_llava_config
 
 
 def bundled_image_path() -> Path:

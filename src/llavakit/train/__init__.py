@@ -1,6 +1,6 @@
 """Training: stage recipes, the Trainer, distributed launch and resume.
 
-    from llavakit.config import load_config
+    from llavakit.train.config import load_config
     from llavakit.train.run import run_training
     result = run_training(load_config("configs/tiny/pretrain.yaml", ["output.dir=runs/tiny-pretrain"]))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from llavakit.config import TrainConfig
+from llavakit.train.config import TrainConfig
 
 _PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

@@ -27,11 +27,16 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from llavakit.config import ModelConfig, StageConfig, TrainConfig
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.build import ModelSpec, build_model, compose_model, load_vision_encoder
-from llavakit.model.convert import llavakit_state_dict_from_original
-from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.interop.transformers_llava import llavakit_state_dict_from_original
+from llavakit.model.build import (
+    ModelSpec,
+    build_model,
+    compose_model,
+    load_vision_encoder,
+)
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.train.config import ModelConfig, StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +49,7 @@ TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
 def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     """`model.tokenizer` (a name or folder, or `tiny`), else the language model's own tokenizer."""
     if model.tokenizer == "tiny":
-        from llavakit.tiny_tokenizer import build_tiny_tokenizer
+        from llavakit.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     source = model.tokenizer if model.tokenizer is not None else model.language
@@ -184,7 +189,9 @@ def trainable_weights_file(path: str | Path) -> Path:
     if path.is_dir():
         path = path / TRAINABLE_WEIGHTS_NAME
     if not path.is_file():
-        raise ValueError(f"connector weights {path} do not exist (a stage-1 run folder or its {TRAINABLE_WEIGHTS_NAME})")
+        raise ValueError(
+            f"connector weights {path} do not exist (a stage-1 run folder or its {TRAINABLE_WEIGHTS_NAME})"
+        )
     return path
 
 
@@ -229,7 +236,9 @@ def save_trainable_weights(state_dict: dict[str, torch.Tensor], names: list[str]
         raise ValueError(f"the state dict lacks trainable weight(s): {', '.join(missing[:8])}")
     path = Path(directory) / TRAINABLE_WEIGHTS_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({name: state_dict[name].detach().contiguous().cpu() for name in names}, str(path), metadata={"format": "pt"})
+    save_file(
+        {name: state_dict[name].detach().contiguous().cpu() for name in names}, str(path), metadata={"format": "pt"}
+    )
     return path
 
 
@@ -253,7 +262,9 @@ def apply_lora(model: LlavaKitForCausalLM, stage: StageConfig) -> nn.Module:
     keep = ["multi_modal_projector"] if stage.train_connector else []
     keep += ["vision_tower"] if stage.train_vision else []
     if stage.train_connector and getattr(model, "image_newline", None) is not None:
-        logger.warning("with LoRA the image_newline vector stays frozen: it is a bare parameter, not a module peft saves")
+        logger.warning(
+            "with LoRA the image_newline vector stays frozen: it is a bare parameter, not a module peft saves"
+        )
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

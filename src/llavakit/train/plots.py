@@ -45,8 +45,15 @@ def plot_loss_panels(
         steps = [step for step, _ in points]
         values = [value for _, value in points]
         long_run = len(steps) >= _TREND_MIN_STEPS
-        axis.plot(steps, values, linewidth=1.2, alpha=0.35 if long_run else 1.0,
-                  marker=None if long_run else "o", markersize=3, color="tab:blue")
+        axis.plot(
+            steps,
+            values,
+            linewidth=1.2,
+            alpha=0.35 if long_run else 1.0,
+            marker=None if long_run else "o",
+            markersize=3,
+            color="tab:blue",
+        )
         if long_run:
             axis.plot(steps, smooth(values, len(values) // 20), linewidth=2, color="tab:blue")
         axis.set_title(name)

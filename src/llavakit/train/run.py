@@ -33,16 +33,29 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as transformers_logging
 
-from llavakit.config import DataConfig, TrainConfig, load_config, save_config
-from llavakit.data.collator import PackingCollator, PaddingCollator
+from llavakit.data.batching import PackingCollator, PaddingCollator
 from llavakit.data.dataset import DatasetSpec, LlavaDataset
-from llavakit.data.processor import LlavaKitProcessor
+from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.train.arguments import training_arguments, world_size_from_environment
-from llavakit.train.model_setup import TRAINABLE_WEIGHTS_NAME, apply_lora, build_model_and_processor
+from llavakit.train.config import DataConfig, TrainConfig, load_config, save_config
+from llavakit.train.model_setup import (
+    TRAINABLE_WEIGHTS_NAME,
+    apply_lora,
+    build_model_and_processor,
+)
 from llavakit.train.plots import plot_loss_curve
+from llavakit.train.recipes import (
+    count_parameters,
+    freeze_for_stage,
+    gradient_accumulation_steps,
+    resolve_config,
+)
 from llavakit.train.skips import SkipReport, TooManyBadSamplesError
-from llavakit.train.stages import count_parameters, freeze_for_stage, gradient_accumulation_steps, resolve_config
-from llavakit.train.trainer import CountingCollator, LlavaKitTrainer, QuietProgressCallback
+from llavakit.train.trainer import (
+    CountingCollator,
+    LlavaKitTrainer,
+    QuietProgressCallback,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -84,7 +84,10 @@ class SkipPolicy:
     min_samples: int = 1000
 
     def check(self, seen: int, skipped: int, final: bool = False) -> None:
-        """Raise `TooManyBadSamplesError` when `skipped / seen` is over the share (after `min_samples`, or at the end)."""
+        """Raise `TooManyBadSamplesError` when `skipped / seen` is over the share.
+
+        Checked once `min_samples` were seen, and at the end.
+        """
         if seen == 0 or (seen < self.min_samples and not final):
             return
         if skipped / seen > self.max_fraction:

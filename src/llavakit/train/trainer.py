@@ -35,12 +35,16 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from llavakit.config import TrainConfig
-from llavakit.data.collator import ModalityLengthGroupedSampler
-from llavakit.data.processor import IGNORE_INDEX
-from llavakit.train.model_setup import TRAINABLE_WEIGHTS_NAME, load_trainable_weights, save_trainable_weights
+from llavakit.data.batching import ModalityLengthGroupedSampler
+from llavakit.processing.processor import IGNORE_INDEX
+from llavakit.train.config import TrainConfig
+from llavakit.train.model_setup import (
+    TRAINABLE_WEIGHTS_NAME,
+    load_trainable_weights,
+    save_trainable_weights,
+)
+from llavakit.train.recipes import parameter_groups, part_rates
 from llavakit.train.skips import SkipPolicy, SkipReport
-from llavakit.train.stages import parameter_groups, part_rates
 
 STAGING_DIR = ".staging"
 NUM_SAMPLES_KEY = "num_samples"

@@ -21,7 +21,7 @@ that speaks `/v1/chat/completions`, and makes the run safe to repeat:
   completion tokens from the responses' `usage`, and a cost when prices are given.
 
     export OPENAI_API_KEY=...                      # or any key your server accepts
-    from llavakit.data.instruct_llm import generate_main
+    from llavakit.synthetic.teacher import generate_main
     generate_main("runs/world", None, ["conversation"], limit=10, seed=0,
                   base_url="http://localhost:8000/v1", model="Qwen/Qwen2.5-7B-Instruct")
 
@@ -37,16 +37,22 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
-from llavakit.data.instruct import DETAIL_INSTRUCTIONS, to_sample
-from llavakit.data.instruct_prompts import LLM_KINDS, build_messages, parse_reply, retry_messages
-from llavakit.data.synth import Scene, load_scenes
+from llavakit.synthetic.instruct import DETAIL_INSTRUCTIONS, to_sample
+from llavakit.synthetic.prompts import (
+    LLM_KINDS,
+    build_messages,
+    parse_reply,
+    retry_messages,
+)
+from llavakit.synthetic.world import Scene, load_scenes
 
 OUTPUT_NAME = "instruct_llm.jsonl"
 CACHE_NAME = "llm_cache"
@@ -122,15 +128,17 @@ class Usage:
     cached_tokens: int = 0  # prompt + completion tokens of replies served from the cache
     responses_without_usage: int = 0
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def cost(self, config: LLMConfig) -> float | None:
         if config.prompt_price is None and config.completion_price is None:
             return None
-        return (self.prompt_tokens * (config.prompt_price or 0.0)
-                + self.completion_tokens * (config.completion_price or 0.0)) / 1e6
+        return (
+            self.prompt_tokens * (config.prompt_price or 0.0)
+            + self.completion_tokens * (config.completion_price or 0.0)
+        ) / 1e6
 
 
 @dataclass(frozen=True)
@@ -196,8 +204,9 @@ class ChatClient:
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             if base_url is None:
-                raise ValueError(f"no API key: set ${config.api_key_env}, or give the base URL of a server "
-                                 "that needs none")
+                raise ValueError(
+                    f"no API key: set ${config.api_key_env}, or give the base URL of a server that needs none"
+                )
             api_key = "EMPTY"
         self.config, self.cache, self.base_url, self._openai = config, cache, base_url, openai
         self.refresh = refresh
@@ -225,9 +234,11 @@ class ChatClient:
             except openai.APIStatusError as error:
                 status = error.status_code
                 if status in FATAL_STATUS:
-                    raise RuntimeError(f"{self.base_url or 'OpenAI API'} refused the request with HTTP {status} "
-                                       f"(check the key in ${self.config.api_key_env}, the URL and the model "
-                                       f"{self.config.model!r}): {_short(error)}") from error
+                    raise RuntimeError(
+                        f"{self.base_url or 'OpenAI API'} refused the request with HTTP {status} "
+                        f"(check the key in ${self.config.api_key_env}, the URL and the model "
+                        f"{self.config.model!r}): {_short(error)}"
+                    ) from error
                 if status not in RETRYABLE_STATUS:
                     raise RequestFailed(f"HTTP {status}: {_short(error)}", usage) from error
                 problem = f"HTTP {status}"
@@ -272,8 +283,12 @@ def _reply(completion: Any) -> Reply:
     choice = completion.choices[0] if getattr(completion, "choices", None) else None
     content = choice.message.content if choice is not None and choice.message is not None else None
     usage = getattr(completion, "usage", None)
-    return Reply(content, choice.finish_reason if choice is not None else None,
-                 getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+    return Reply(
+        content,
+        choice.finish_reason if choice is not None else None,
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+    )
 
 
 # --- samples ------------------------------------------------------------------------------
@@ -309,8 +324,9 @@ def make_sample(chat: ChatClient, scene: Scene, kind: str, seed: int) -> SampleR
             try:
                 turns = _turns(kind, reply)
             except ValueError as second:
-                return SampleResult(sample_id, None, f"unusable reply ({first}), and again after a retry "
-                                                     f"({second})", usage)
+                return SampleResult(
+                    sample_id, None, f"unusable reply ({first}), and again after a retry ({second})", usage
+                )
     except RequestFailed as error:
         usage.add(error.usage)
         return SampleResult(sample_id, None, str(error), usage)
@@ -349,14 +365,22 @@ class GenerationReport:
         ]
         lines += [f"failed {sample_id}: {reason}" for sample_id, reason in self.failed]
         if self.failed:
-            lines.append("failed samples are not written: a rerun asks again for those that failed on HTTP "
-                         "errors; unusable replies come back from the cache unless refresh is asked for (--refresh)")
+            lines.append(
+                "failed samples are not written: a rerun asks again for those that failed on HTTP "
+                "errors; unusable replies come back from the cache unless refresh is asked for (--refresh)"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "planned": self.planned, "skipped": self.skipped,
-                "written": self.written, "failed": [{"id": i, "reason": r} for i, r in self.failed],
-                "usage": asdict(self.usage), "cost": self.cost}
+        return {
+            "output": str(self.output),
+            "planned": self.planned,
+            "skipped": self.skipped,
+            "written": self.written,
+            "failed": [{"id": i, "reason": r} for i, r in self.failed],
+            "usage": asdict(self.usage),
+            "cost": self.cost,
+        }
 
 
 def done_ids(path: Path) -> set[str]:
@@ -380,9 +404,17 @@ def done_ids(path: Path) -> set[str]:
     return ids
 
 
-def generate(scenes: Sequence[Scene], output: str | Path, config: LLMConfig,
-             kinds: Sequence[str] = LLM_KINDS, seed: int = 0, cache_dir: str | Path | None = None,
-             use_cache: bool = True, refresh: bool = False, progress: bool | None = None) -> GenerationReport:
+def generate(
+    scenes: Sequence[Scene],
+    output: str | Path,
+    config: LLMConfig,
+    kinds: Sequence[str] = LLM_KINDS,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    refresh: bool = False,
+    progress: bool | None = None,
+) -> GenerationReport:
     """Write one sample per (scene, kind) not yet in `output` (JSONL); see the module docstring.
 
     `cache_dir` defaults to `llm_cache/` next to the output; `use_cache` False neither reads
@@ -418,15 +450,28 @@ def generate(scenes: Sequence[Scene], output: str | Path, config: LLMConfig,
     return report
 
 
-def _run(chat: ChatClient, todo: list[tuple[Scene, str]], output: Path, seed: int, report: GenerationReport,
-         progress: bool | None) -> None:
+def _run(
+    chat: ChatClient,
+    todo: list[tuple[Scene, str]],
+    output: Path,
+    seed: int,
+    report: GenerationReport,
+    progress: bool | None,
+) -> None:
     """Requests run concurrently; results are written in plan order as soon as they can be."""
     ready: dict[int, SampleResult] = {}
     next_index = 0
-    with ThreadPoolExecutor(max_workers=chat.config.max_concurrency) as pool, \
-            open(output, "a", encoding="utf-8", newline="\n") as handle, \
-            tqdm(total=len(todo), desc="instruct", unit="sample", disable=None if progress is None else not progress,
-                 file=sys.stderr) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=chat.config.max_concurrency) as pool,
+        open(output, "a", encoding="utf-8", newline="\n") as handle,
+        tqdm(
+            total=len(todo),
+            desc="instruct",
+            unit="sample",
+            disable=None if progress is None else not progress,
+            file=sys.stderr,
+        ) as bar,
+    ):
         futures = {pool.submit(make_sample, chat, scene, kind, seed): n for n, (scene, kind) in enumerate(todo)}
         try:
             for future in as_completed(futures):
@@ -442,20 +487,38 @@ def _run(chat: ChatClient, todo: list[tuple[Scene, str]], output: Path, seed: in
                     handle.write(json.dumps(result.record, ensure_ascii=False) + "\n")
                     handle.flush()
                     report.written += 1
-                bar.set_postfix(tokens=report.usage.prompt_tokens + report.usage.completion_tokens,
-                                failed=len(report.failed), refresh=False)
+                bar.set_postfix(
+                    tokens=report.usage.prompt_tokens + report.usage.completion_tokens,
+                    failed=len(report.failed),
+                    refresh=False,
+                )
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
 
 
-def generate_main(world_dir: str, out_dir: str | None, kinds: list[str], limit: int | None, seed: int,
-                  base_url: str | None, model: str | None, api_key_env: str = "OPENAI_API_KEY",
-                  max_concurrency: int = 4, *, temperature: float | None = None, max_tokens: int | None = 1024,
-                  prompt_price: float | None = None, completion_price: float | None = None,
-                  max_attempts: int = 5, base_delay: float = 1.0, timeout: float = 120.0,
-                  cache_dir: str | None = None, refresh: bool = False) -> int:
+def generate_main(
+    world_dir: str,
+    out_dir: str | None,
+    kinds: list[str],
+    limit: int | None,
+    seed: int,
+    base_url: str | None,
+    model: str | None,
+    api_key_env: str = "OPENAI_API_KEY",
+    max_concurrency: int = 4,
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = 1024,
+    prompt_price: float | None = None,
+    completion_price: float | None = None,
+    max_attempts: int = 5,
+    base_delay: float = 1.0,
+    timeout: float = 120.0,
+    cache_dir: str | None = None,
+    refresh: bool = False,
+) -> int:
     """`llavakit data instruct WORLD --backend openai`: samples for the first `limit` training
     scenes into `<out_dir or WORLD>/instruct_llm.jsonl`; prints the summary.
 
@@ -474,9 +537,19 @@ def generate_main(world_dir: str, out_dir: str | None, kinds: list[str], limit: 
     if not scenes_path.is_file():
         raise ValueError(f"{scenes_path} does not exist: make the world with `llavakit data synth` first")
     scenes = load_scenes(scenes_path)[:limit]
-    config = LLMConfig(model=model, base_url=base_url, api_key_env=api_key_env, temperature=temperature,
-                       max_tokens=max_tokens, timeout=timeout, max_attempts=max_attempts, base_delay=base_delay,
-                       max_concurrency=max_concurrency, prompt_price=prompt_price, completion_price=completion_price)
+    config = LLMConfig(
+        model=model,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        base_delay=base_delay,
+        max_concurrency=max_concurrency,
+        prompt_price=prompt_price,
+        completion_price=completion_price,
+    )
     output = Path(out_dir if out_dir is not None else world) / OUTPUT_NAME
     report = generate(scenes, output, config, kinds or LLM_KINDS, seed, cache_dir, refresh=refresh)
     print(report.summary())

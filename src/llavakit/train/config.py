@@ -16,7 +16,7 @@ Override values are parsed as YAML (`true`, `[1, 2]`, `{a: 1}`); list items are 
 index (`data.datasets.0.fraction=0.5`). A key that no dataclass declares raises ValueError
 naming it, in files and overrides alike, so a typo never silently trains with a default.
 Fields left `null` in `optimization` are filled from the stage recipe by
-`llavakit.train.stages.resolve_config`; the resolved config is what each run folder records.
+`llavakit.train.recipes.resolve_config`; the resolved config is what each run folder records.
 """
 
 from __future__ import annotations

@@ -105,7 +105,9 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             features = torch.cat((features, newline.expand(features.shape[0], 1, -1)), dim=1)
         return features
 
-    def _crop_counts(self, image_sizes: torch.Tensor, image_num_crops: Sequence[int] | torch.Tensor | None) -> list[int]:
+    def _crop_counts(
+        self, image_sizes: torch.Tensor, image_num_crops: Sequence[int] | torch.Tensor | None
+    ) -> list[int]:
         if image_num_crops is not None:
             counts = [int(count) for count in image_num_crops]
             if len(counts) != len(image_sizes):
@@ -135,7 +137,9 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ValueError(f"pixel_values holds {pixel_values.shape[0]} images but image_sizes {len(counts)}")
             pixel_values = torch.cat([crops[:count] for crops, count in zip(pixel_values, counts)])
         elif pixel_values.dim() != 4:
-            raise ValueError(f"pixel_values must be (crops, 3, H, W) or (images, crops, 3, H, W), got {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (crops, 3, H, W) or (images, crops, 3, H, W), got {tuple(pixel_values.shape)}"
+            )
         if pixel_values.shape[0] != sum(counts):
             raise ValueError(
                 f"pixel_values holds {pixel_values.shape[0]} crops but the {len(counts)} image(s) need {sum(counts)} "
@@ -179,10 +183,13 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             frames = [pixel_values_videos.shape[0]] if video_num_frames is None else [int(n) for n in video_num_frames]
         else:
             raise ValueError(
-                f"pixel_values_videos must be (videos, frames, 3, H, W) or (frames, 3, H, W), got {tuple(pixel_values_videos.shape)}"
+                "pixel_values_videos must be (videos, frames, 3, H, W) or (frames, 3, H, W), "
+                f"got {tuple(pixel_values_videos.shape)}"
             )
         if sum(frames) != pixel_values_videos.shape[0] or min(frames, default=0) < 1:
-            raise ValueError(f"pixel_values_videos holds {pixel_values_videos.shape[0]} frames, video_num_frames says {frames}")
+            raise ValueError(
+                f"pixel_values_videos holds {pixel_values_videos.shape[0]} frames, video_num_frames says {frames}"
+            )
         features = self.multi_modal_projector(self.vision_tower(pixel_values_videos))
         pooled = anyres.pool_video_features(features, config.video_pool_mode, config.video_pool_stride)
         side = math.isqrt(pooled.shape[1])
@@ -218,7 +225,11 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         `(features_i, hidden)` (the grid modes, one count per image).
         """
         if isinstance(image_features, (list, tuple)):
-            flat = torch.cat(list(image_features)) if image_features else inputs_embeds.new_zeros(0, inputs_embeds.shape[-1])
+            flat = (
+                torch.cat(list(image_features))
+                if image_features
+                else inputs_embeds.new_zeros(0, inputs_embeds.shape[-1])
+            )
             return self._scatter(input_ids, inputs_embeds, flat, self.config.image_token_id, "image")
         image_mask = input_ids == self.config.image_token_id
         num_tokens = int(image_mask.sum())
@@ -267,7 +278,9 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             else:
                 features = self.get_anyres_image_features(pixel_values, image_sizes, image_num_crops)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
-        elif input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any()):
+        elif (
+            input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any())
+        ):
             raise ValueError("the input has <image> tokens but no pixel_values")
         video_token = self.config.video_token_id
         if pixel_values_videos is not None and pixel_values_videos.shape[0] > 0:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from llavakit.config import StageConfig, TrainConfig
+from llavakit.train.config import StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,24 @@ class StageRecipe:
 
 RECIPES = {
     "pretrain": StageRecipe(
-        "pretrain", train_vision=False, train_connector=True, train_llm=False,
-        global_batch_size=256, epochs=1, lr=1e-3, lr_linear_connector=2e-3,
+        "pretrain",
+        train_vision=False,
+        train_connector=True,
+        train_llm=False,
+        global_batch_size=256,
+        epochs=1,
+        lr=1e-3,
+        lr_linear_connector=2e-3,
     ),
     "finetune": StageRecipe(
-        "finetune", train_vision=False, train_connector=True, train_llm=True,
-        global_batch_size=128, epochs=1, lr=2e-5, vision_lr=2e-6,
+        "finetune",
+        train_vision=False,
+        train_connector=True,
+        train_llm=True,
+        global_batch_size=128,
+        epochs=1,
+        lr=2e-5,
+        vision_lr=2e-6,
     ),
 }
 
@@ -159,7 +171,9 @@ class FreezeReport:
     def __str__(self) -> str:
         lines = [f"stage {self.stage}: {self.trainable:,} of {self.total:,} parameters train"]
         for part, count in self.parts.items():
-            state = "trains" if count.trainable == count.total else "frozen" if count.trainable == 0 else "partly trains"
+            state = (
+                "trains" if count.trainable == count.total else "frozen" if count.trainable == 0 else "partly trains"
+            )
             lines.append(f"  {part:<10} {count.total:>14,} parameters  {count.trainable:>14,} trainable  ({state})")
         return "\n".join(lines)
 

@@ -7,11 +7,11 @@ one system prompt and two few-shot examples per kind (sent as alternating user/a
 messages), and the parser that turns a reply back into (question, answer) turns. The
 teacher sees captions and boxes but must answer as if it were looking at the image.
 
-    from llavakit.data.instruct_prompts import build_messages, parse_reply
+    from llavakit.synthetic.prompts import build_messages, parse_reply
     messages = build_messages("conversation", scene)   # -> any chat-completions endpoint
     turns = parse_reply("conversation", reply_text)     # ValueError says what is wrong
 
-`python -m llavakit.data.instruct_prompts` prints the prompts and examples as Markdown
+`python -m llavakit.synthetic.prompts` prints the prompts and examples as Markdown
 (the block in docs/instruct.md is exactly that output, and a test keeps it so).
 """
 
@@ -19,8 +19,15 @@ from __future__ import annotations
 
 import re
 
-from llavakit.data.instruct import normalized_box
-from llavakit.data.synth import Scene, SceneObject, SceneWord, caption, describe, position_name
+from llavakit.synthetic.instruct import normalized_box
+from llavakit.synthetic.world import (
+    Scene,
+    SceneObject,
+    SceneWord,
+    caption,
+    describe,
+    position_name,
+)
 
 LLM_KINDS: tuple[str, ...] = ("conversation", "detail", "reasoning")
 
@@ -46,21 +53,19 @@ SYSTEM_PROMPTS: dict[str, str] = {
     "who answers. Ask 3 to 5 questions with varied wording about what can be seen: which shapes "
     "there are, their colours and sizes, how many there are, where they are, which ones overlap, "
     "and any written word. Every question must have a definite answer in the image; answer each "
-    "one directly and in a complete sentence.\n\n"
-    + _QA_FORMAT + "and repeat the Question/Answer pair for every turn.",
+    "one directly and in a complete sentence.\n\n" + _QA_FORMAT + "and repeat the Question/Answer pair for every turn.",
     "detail": _SHARED + "\n\n"
     "Task: describe the image in rich detail for someone who cannot see it. Start with an overview, "
     "then mention the background, every shape with its size, colour and place in the image, which "
     "shapes overlap and which of them is in front, and any word written in the image.\n\n"
     "Reply with the description only: one or two plain paragraphs, no headings, no lists, "
-    "no \"Question:\" or \"Answer:\" lines.",
+    'no "Question:" or "Answer:" lines.',
     "reasoning": _SHARED + "\n\n"
     "Task: ask one question about the image that needs reasoning, not just reading off a single "
     "fact: comparing counts, relations between shapes (left of, above, in front of, closest to), "
     "or what would change if some shapes were moved, added or removed. The question must have "
     "one definite answer. Answer it step by step: say what you see that matters, then how it "
-    "leads to the answer.\n\n"
-    + _QA_FORMAT + "with exactly one Question and one Answer.",
+    "leads to the answer.\n\n" + _QA_FORMAT + "with exactly one Question and one Answer.",
 }
 
 RETRY_MESSAGE = (
@@ -81,15 +86,21 @@ def build_context(scene: Scene) -> str:
     """The text a teacher gets instead of the image: two captions, then every object and word
     with its box normalized to [0, 1] (LLaVA's representation, in llavakit's world)."""
     first = f"{caption(scene)} on a {scene.background} background."
-    lines = ["Captions:", first[:1].upper() + first[1:], describe(scene), "",
-             "Objects (drawing order, later ones in front):"]
+    lines = [
+        "Captions:",
+        first[:1].upper() + first[1:],
+        describe(scene),
+        "",
+        "Objects (drawing order, later ones in front):",
+    ]
     for i, obj in enumerate(scene.objects):
         lines.append(f"{obj.size} {obj.category}: {normalized_box(scene, i)}")
     if scene.word is not None:
         x, y, w, h = scene.word.box
         box = (x / scene.width, y / scene.height, (x + w) / scene.width, (y + h) / scene.height)
-        lines.append(f'word "{scene.word.text}" ({scene.word.colour} text): '
-                     + "[" + ", ".join(f"{v:.2f}" for v in box) + "]")
+        lines.append(
+            f'word "{scene.word.text}" ({scene.word.colour} text): ' + "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+        )
     return "\n".join(lines)
 
 
@@ -103,17 +114,28 @@ def _object(kind: str, colour: str, size: str, box: tuple[int, int, int, int], s
 
 # Two hand-made 64x64 scenes (sizes in pixels as the default WorldConfig draws them: 11/15/19).
 EXAMPLE_SCENES: tuple[Scene, ...] = (
-    Scene(64, 64, "light gray", (
-        _object("circle", "red", "large", (3, 4, 19, 19)),
-        _object("triangle", "red", "small", (46, 6, 11, 11)),
-        _object("square", "blue", "medium", (42, 42, 15, 15)),
-    ), SceneWord("SUN", (6, 50, 18, 6), position_name(15, 53, 64, 64), "black")),
-    Scene(64, 64, "white", (
-        _object("diamond", "green", "medium", (14, 18, 15, 15)),
-        _object("circle", "purple", "large", (22, 22, 19, 19)),
-        _object("square", "yellow", "small", (47, 47, 11, 11)),
-        _object("square", "yellow", "small", (47, 6, 11, 11)),
-    )),
+    Scene(
+        64,
+        64,
+        "light gray",
+        (
+            _object("circle", "red", "large", (3, 4, 19, 19)),
+            _object("triangle", "red", "small", (46, 6, 11, 11)),
+            _object("square", "blue", "medium", (42, 42, 15, 15)),
+        ),
+        SceneWord("SUN", (6, 50, 18, 6), position_name(15, 53, 64, 64), "black"),
+    ),
+    Scene(
+        64,
+        64,
+        "white",
+        (
+            _object("diamond", "green", "medium", (14, 18, 15, 15)),
+            _object("circle", "purple", "large", (22, 22, 19, 19)),
+            _object("square", "yellow", "small", (47, 47, 11, 11)),
+            _object("square", "yellow", "small", (47, 6, 11, 11)),
+        ),
+    ),
 )
 
 EXAMPLE_REPLIES: dict[str, tuple[str, ...]] = {
@@ -123,7 +145,7 @@ EXAMPLE_REPLIES: dict[str, tuple[str, ...]] = {
         "Question:\nWhere is the blue square?\n"
         "Answer:\nThe blue square is in the bottom right corner of the image.\n"
         "Question:\nIs any text written in the image?\n"
-        "Answer:\nYes, the word \"SUN\" is written in black letters near the bottom left.\n"
+        'Answer:\nYes, the word "SUN" is written in black letters near the bottom left.\n'
         "Question:\nHow many red objects are there?\n"
         "Answer:\nThere are two red objects: the big circle at the top left and the small triangle at the top right.",
         "Question:\nHow many squares are in the image?\n"
@@ -137,7 +159,7 @@ EXAMPLE_REPLIES: dict[str, tuple[str, ...]] = {
         "The image shows three flat shapes and a short word on a light gray background. A large red circle "
         "sits in the top left corner, and a small red triangle is in the top right corner, pointing upward. "
         "A medium-sized blue square is in the bottom right corner. None of the shapes touch each other. "
-        "Near the bottom left, the word \"SUN\" is printed in small black capital letters.",
+        'Near the bottom left, the word "SUN" is printed in small black capital letters.',
         "This is a simple picture of four shapes on a white background. In the middle of the image a "
         "medium green diamond and a large purple circle overlap: the circle is in front and hides part "
         "of the diamond's lower right side. On the right side there are two small yellow squares of the "
@@ -147,7 +169,7 @@ EXAMPLE_REPLIES: dict[str, tuple[str, ...]] = {
     "reasoning": (
         "Question:\nIf the blue square were removed, what would all the remaining shapes have in common?\n"
         "Answer:\nBesides the blue square, the image has a large circle and a small triangle, and both of them "
-        "are red. The word \"SUN\" is text, not a shape. So after removing the blue square, every remaining "
+        'are red. The word "SUN" is text, not a shape. So after removing the blue square, every remaining '
         "shape would be red.",
         "Question:\nWhich shape is partly hidden, and what is hiding it?\n"
         "Answer:\nIn the middle of the image the green diamond and the purple circle overlap. The purple circle "
@@ -171,8 +193,10 @@ def build_messages(kind: str, scene: Scene) -> list[dict[str, str]]:
 def retry_messages(messages: list[dict[str, str]], reply: str, reason: str) -> list[dict[str, str]]:
     """The conversation so far plus the unusable reply and a request to fix it (a new request,
     so a cache or a deterministic server does not hand back the same reply)."""
-    return messages + [{"role": "assistant", "content": reply},
-                       {"role": "user", "content": RETRY_MESSAGE.format(reason=reason)}]
+    return messages + [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": RETRY_MESSAGE.format(reason=reason)},
+    ]
 
 
 # --- parsing replies ----------------------------------------------------------------------
@@ -211,17 +235,20 @@ def parse_reply(kind: str, reply: str | None) -> list[tuple[str, str]]:
         raise ValueError("there is text before the first 'Question:'")
     blocks = []
     for marker, following in zip(markers, markers[1:] + [None]):
-        body = text[marker.end(): following.start() if following else len(text)].strip().strip("*").strip()
+        body = text[marker.end() : following.start() if following else len(text)].strip().strip("*").strip()
         if not body:
             raise ValueError(f"an empty {marker.group(1).capitalize()} block")
         blocks.append((marker.group(1).lower(), body))
     roles = [role for role, _ in blocks]
     if roles != ["question", "answer"] * (len(roles) // 2) or len(roles) % 2:
-        raise ValueError("Question: and Answer: blocks must alternate, starting with a Question and ending with an Answer")
+        raise ValueError(
+            "Question: and Answer: blocks must alternate, starting with a Question and ending with an Answer"
+        )
     turns = [(blocks[k][1], blocks[k + 1][1]) for k in range(0, len(blocks), 2)]
     if not MIN_TURNS[kind] <= len(turns) <= MAX_TURNS[kind]:
-        raise ValueError(f"{len(turns)} Question/Answer pairs; a {kind} reply needs "
-                         f"{MIN_TURNS[kind]} to {MAX_TURNS[kind]}")
+        raise ValueError(
+            f"{len(turns)} Question/Answer pairs; a {kind} reply needs {MIN_TURNS[kind]} to {MAX_TURNS[kind]}"
+        )
     return turns
 
 
@@ -235,10 +262,30 @@ def prompts_markdown() -> str:
     for kind in LLM_KINDS:
         parts += [f"### {kind}", "", "System prompt:", "", f"{fence}text", SYSTEM_PROMPTS[kind], fence, ""]
         for n, (scene, reply) in enumerate(zip(EXAMPLE_SCENES, EXAMPLE_REPLIES[kind]), 1):
-            parts += [f"Example {n}, user:", "", f"{fence}text", build_context(scene), fence, "",
-                      f"Example {n}, assistant:", "", f"{fence}text", reply, fence, ""]
-    parts += ["### Retry after an unusable reply", "", "User (after the unusable reply as the assistant's turn):",
-              "", f"{fence}text", RETRY_MESSAGE, fence, ""]
+            parts += [
+                f"Example {n}, user:",
+                "",
+                f"{fence}text",
+                build_context(scene),
+                fence,
+                "",
+                f"Example {n}, assistant:",
+                "",
+                f"{fence}text",
+                reply,
+                fence,
+                "",
+            ]
+    parts += [
+        "### Retry after an unusable reply",
+        "",
+        "User (after the unusable reply as the assistant's turn):",
+        "",
+        f"{fence}text",
+        RETRY_MESSAGE,
+        fence,
+        "",
+    ]
     return "\n".join(parts)
 
 

@@ -16,17 +16,24 @@ import copy
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, LlavaConfig, LlavaForConditionalGeneration, PreTrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedConfig,
+)
 
 from llavakit.model.configuration import VISION_TYPES_WITH_CLS, LlavaKitConfig
 from llavakit.model.connectors import mlp_depth
-from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.model.modeling import LlavaKitForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +78,10 @@ def llavakit_fields_from_transformers(config) -> dict[str, Any]:
 
 
 def transformers_fields_from_llavakit(config: LlavaKitConfig) -> dict[str, Any]:
-    """Fields shared by every transformers Llava-family config, from a LlavaKitConfig (mlp2x_gelu checked by the caller)."""
+    """Fields shared by every transformers Llava-family config, from a LlavaKitConfig.
+
+    The caller checks that the connector is mlp2x_gelu.
+    """
     return dict(
         vision_config=copy.deepcopy(config.vision_config),
         text_config=_text_config(config),
@@ -328,9 +338,7 @@ def read_original_llava_config(folder: str | Path) -> OriginalLlavaConfig:
     raw = _read_json(path)
     if "mm_vision_tower" not in raw:
         raise ValueError(f"{path} is not an original LLaVA config: it has no 'mm_vision_tower'")
-    llm_fields = {
-        key: value for key, value in raw.items() if key not in _LLAVA_ONLY_FIELDS and "mm_" not in key
-    }
+    llm_fields = {key: value for key, value in raw.items() if key not in _LLAVA_ONLY_FIELDS and "mm_" not in key}
     connector = raw.get("mm_projector_type", "linear")  # the original code's default
     if mlp_depth(connector) is None:
         raise ValueError(f"{path}: mm_projector_type {connector!r} is not supported; use linear or mlpNx_gelu")

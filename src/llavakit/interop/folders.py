@@ -18,22 +18,22 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.image_utils import PILImageResampling
 
-from llavakit.data.images import RESAMPLE_FILTERS, ImageProcessingConfig
-from llavakit.data.processor import LlavaKitProcessor
-from llavakit.model.configuration import VISION_TYPES_WITH_CLS
-from llavakit.model.convert import (
+from llavakit.interop.transformers_llava import (
     export_to_transformers,
     import_original_llava,
     import_transformers_llava,
     is_original_llava_checkpoint,
     read_original_llava_config,
 )
-from llavakit.model.convert_next import (
+from llavakit.interop.transformers_next import (
     NEXT_MODEL_TYPES,
     export_to_transformers_llava_next,
     import_transformers_llava_next,
 )
-from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.model.configuration import VISION_TYPES_WITH_CLS
+from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.processing.images import RESAMPLE_FILTERS, ImageProcessingConfig
+from llavakit.processing.processor import LlavaKitProcessor
 
 IMAGE_TOKEN = "<image>"
 
@@ -189,7 +189,10 @@ def _export_next(model: LlavaKitForCausalLM, processor: LlavaKitProcessor, outpu
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
-    """Write a transformers-native Llava / LlavaNext / LlavaOnevision folder (model, tokenizer, processor, chat template)."""
+    """Write a transformers-native Llava / LlavaNext / LlavaOnevision folder.
+
+    The folder holds the model, tokenizer, processor and chat template.
+    """
     model = LlavaKitForCausalLM.from_pretrained(checkpoint)
     processor = LlavaKitProcessor.from_pretrained(checkpoint)
     if model.config.image_mode != "fixed":

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -331,8 +331,11 @@ class Llama3Template(ConversationTemplate):
     def chat_template(self) -> str:
         header = "'<|start_header_id|>' + {} + '<|end_header_id|>\\n\\n'"
         return (
-            _JINJA_CONTENT + _jinja_system(self.system)
-            + "{{- " + header.format("'system'") + " + system + '<|eot_id|>' -}}"
+            _JINJA_CONTENT
+            + _jinja_system(self.system)
+            + "{{- "
+            + header.format("'system'")
+            + " + system + '<|eot_id|>' -}}"
             "{%- for message in loop_messages -%}"
             "{%- if message['role'] == 'user' -%}"
             "{{- " + header.format("'user'") + " + content_text(message['content']) + '<|eot_id|>' -}}"

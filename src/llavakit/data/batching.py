@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from llavakit.data.processor import IGNORE_INDEX
+from llavakit.processing.processor import IGNORE_INDEX
 
 _TOKEN_KEYS = ("input_ids", "labels", "attention_mask")
 # Visual tensors, joined along their first dimension; `pixel_values` is always in a batch.
@@ -115,7 +115,9 @@ def _check_layout(feature: Mapping[str, Any]) -> None:
     _check_count(feature, "video_num_frames", "pixel_values_videos")
     sizes, crops = feature.get("image_sizes"), feature.get("image_num_crops")
     if sizes is not None and crops is not None and len(sizes) != len(crops):
-        raise ValueError(f"sample {feature.get('sample_id')!r}: {len(sizes)} image_sizes but {len(crops)} image_num_crops")
+        raise ValueError(
+            f"sample {feature.get('sample_id')!r}: {len(sizes)} image_sizes but {len(crops)} image_num_crops"
+        )
 
 
 def _check_same_layout(features: Sequence[Mapping[str, Any]]) -> None:

@@ -32,9 +32,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from llavakit.model import anyres
-from llavakit.model.configuration import LlavaKitConfig
-from llavakit.model.convert import (
+from llavakit.interop.transformers_llava import (
     _check_text_layout,
     _load_strict,
     llavakit_fields_from_transformers,
@@ -42,7 +40,9 @@ from llavakit.model.convert import (
     transformers_fields_from_llavakit,
     transformers_state_dict_from_llavakit,
 )
-from llavakit.model.llava import LlavaKitForCausalLM
+from llavakit.model import anyres
+from llavakit.model.configuration import LlavaKitConfig
+from llavakit.model.modeling import LlavaKitForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,10 @@ def llavakit_config_from_transformers_next(config: NextConfig) -> LlavaKitConfig
 
 
 def transformers_next_model_type(config: LlavaKitConfig) -> str:
-    """`llava_next` or `llava_onevision`: the transformers class that represents `config`, or a ValueError why none does."""
+    """`llava_next` or `llava_onevision`: the transformers class that represents `config`.
+
+    Raises a ValueError saying why when none does.
+    """
     problems = []
     if config.connector != _EXPORTABLE_CONNECTOR:
         problems.append(f"connector {config.connector!r} (transformers' projector is linear_1 -> gelu -> linear_2)")
@@ -118,7 +121,7 @@ def transformers_next_model_type(config: LlavaKitConfig) -> str:
     else:
         raise ValueError(
             f"image_mode {config.image_mode!r} has no LlavaNext/LlavaOnevision form; fixed-resolution models export "
-            "to transformers' Llava (llavakit.model.convert.export_to_transformers)"
+            "to transformers' Llava (llavakit.interop.transformers_llava.export_to_transformers)"
         )
     if problems:
         raise ValueError(f"cannot export to transformers' {model_type}: " + "; ".join(problems))
@@ -158,7 +161,9 @@ def transformers_next_state_dict_from_llavakit(state_dict: dict[str, torch.Tenso
     rest = dict(state_dict)
     newline = rest.pop(_NEWLINE_LLAVAKIT, None)
     if newline is None:
-        raise ValueError("the llavakit state dict has no image_newline (a model whose images carry newline vectors has one)")
+        raise ValueError(
+            "the llavakit state dict has no image_newline (a model whose images carry newline vectors has one)"
+        )
     renamed = transformers_state_dict_from_llavakit(rest)
     renamed[_NEWLINE_TRANSFORMERS] = newline
     return renamed

@@ -5,7 +5,7 @@ a few shapes (kinds x colours x 3 sizes, positions on a 3x3 grid, sometimes a wo
 captions, detailed descriptions, boxes, counts and OCR answers that are right by
 construction, so training curves and evaluation scores mean something.
 
-    from llavakit.data.synth import WorldConfig, write_world
+    from llavakit.synthetic.world import WorldConfig, write_world
     manifest = write_world("runs/world", n=500, seed=0)   # images/*.png + scenes_*.jsonl
 
 Guarantees (the tests check them):
@@ -31,9 +31,10 @@ import dataclasses
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -130,7 +131,7 @@ class WorldConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "WorldConfig":
+    def from_dict(cls, data: dict[str, Any]) -> WorldConfig:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"WorldConfig: unknown fields {sorted(unknown)}")
@@ -161,8 +162,14 @@ class SceneObject:
         return x + w / 2, y + h / 2
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "colour": self.colour, "size": self.size, "category": self.category,
-                "box": list(self.box), "position": self.position}
+        return {
+            "kind": self.kind,
+            "colour": self.colour,
+            "size": self.size,
+            "category": self.category,
+            "box": list(self.box),
+            "position": self.position,
+        }
 
 
 @dataclass(frozen=True)
@@ -214,14 +221,13 @@ class Scene:
         }
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "Scene":
+    def from_dict(cls, record: dict[str, Any]) -> Scene:
         """Read a scenes_*.jsonl record back, checking that its boxes fit the image."""
         name = record.get("id", "?")
         try:
             width, height = int(record["width"]), int(record["height"])
             objects = tuple(
-                SceneObject(o["kind"], o["colour"], o["size"], _box(o["box"]), o["position"])
-                for o in record["objects"]
+                SceneObject(o["kind"], o["colour"], o["size"], _box(o["box"]), o["position"]) for o in record["objects"]
             )
             w = record.get("word")
             word = SceneWord(w["text"], _box(w["box"]), w["position"], w["colour"]) if w else None
@@ -255,8 +261,15 @@ class WorldManifest:
     config: WorldConfig = field(default_factory=WorldConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images_dir": self.images_dir.name, "train": self.train_path.name, "test": self.test_path.name,
-                "n_train": self.n_train, "n_test": self.n_test, "seed": self.seed, "config": self.config.to_dict()}
+        return {
+            "images_dir": self.images_dir.name,
+            "train": self.train_path.name,
+            "test": self.test_path.name,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "seed": self.seed,
+            "config": self.config.to_dict(),
+        }
 
 
 # --- geometry -------------------------------------------------------------------------
@@ -530,7 +543,7 @@ def with_article(phrase: str) -> str:
 
 
 def count_phrase(count: int, noun: str) -> str:
-    """"no circles", "a red circle", "two red circles" (digits above ten)."""
+    """ "no circles", "a red circle", "two red circles" (digits above ten)."""
     if count == 1:
         return with_article(noun)
     number = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
@@ -538,14 +551,14 @@ def count_phrase(count: int, noun: str) -> str:
 
 
 def join_words(parts: Sequence[str]) -> str:
-    """"a", "a and b", "a, b and c"."""
+    """ "a", "a and b", "a, b and c"."""
     if len(parts) <= 2:
         return " and ".join(parts)
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def position_phrase(position: str) -> str:
-    """"at the top left", "in the center"."""
+    """ "at the top left", "in the center"."""
     return "in the center" if position == "center" else f"at the {position}"
 
 
@@ -564,11 +577,13 @@ def caption(scene: Scene) -> str:
 
 def reading_order(scene: Scene) -> list[int]:
     """Object indices sorted by grid cell (rows top to bottom, then columns), then by x, y."""
+
     def key(i: int) -> tuple:
         obj = scene.objects[i]
         cx, cy = obj.centre
         row, col = min(2, int(3 * cy / scene.height)), min(2, int(3 * cx / scene.width))
         return row, col, cx, cy
+
     return sorted(range(len(scene.objects)), key=key)
 
 
@@ -616,8 +631,9 @@ def load_scenes(path: str | Path) -> list[Scene]:
     return scenes
 
 
-def write_world(out_dir: str | Path, n: int, seed: int | None = None, test_fraction: float = 0.2,
-                config: WorldConfig | None = None) -> WorldManifest:
+def write_world(
+    out_dir: str | Path, n: int, seed: int | None = None, test_fraction: float = 0.2, config: WorldConfig | None = None
+) -> WorldManifest:
     """Render `n` scenes into `out_dir`: images/*.png, scenes_train.jsonl, scenes_test.jsonl, world.json."""
     config = config or WorldConfig()
     seed = config.seed if seed is None else seed
@@ -628,8 +644,9 @@ def write_world(out_dir: str | Path, n: int, seed: int | None = None, test_fract
     train, test = split_scenes(scenes, test_fraction, seed)
     for scene in scenes:
         render_scene(scene).save(root / scene.image, format="PNG")
-    manifest = WorldManifest(root, images_dir, root / "scenes_train.jsonl", root / "scenes_test.jsonl",
-                             len(train), len(test), seed, config)
+    manifest = WorldManifest(
+        root, images_dir, root / "scenes_train.jsonl", root / "scenes_test.jsonl", len(train), len(test), seed, config
+    )
     _write_jsonl(manifest.train_path, train)
     _write_jsonl(manifest.test_path, test)
     (root / "world.json").write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -5,7 +5,7 @@ and benchmarks with known answers. Here a text-only "teacher" is replaced by tem
 filled from exact scene records, so every answer is right by construction and the whole
 pipeline runs offline in seconds.
 
-    from llavakit.data.instruct import write_instruct_files
+    from llavakit.synthetic.instruct import write_instruct_files
     write_instruct_files("runs/world", seed=0)  # pretrain.json, instruct.json, eval_*.jsonl
 
 Sample kinds (`build_instruct_data(kinds=...)`), all in LLaVA's format
@@ -51,12 +51,13 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
-from llavakit.data.synth import (
+from llavakit.synthetic.world import (
     COLUMNS,
     ROWS,
     SIZES,
@@ -129,7 +130,7 @@ class WorldStats:
     max_count: dict[str, int]  # largest count per counting question type
 
     @classmethod
-    def from_scenes(cls, scenes: Iterable[Scene]) -> "WorldStats":
+    def from_scenes(cls, scenes: Iterable[Scene]) -> WorldStats:
         frequency: Counter[str] = Counter()
         cooccurrence: dict[str, Counter[str]] = {}
         kinds, colours, positions, words = set(), set(), set(), set()
@@ -147,8 +148,16 @@ class WorldStats:
             for name, counts in _count_tables(scene).items():
                 if counts:
                     max_count[name] = max(max_count[name], max(counts.values()))
-        return cls(tuple(sorted(frequency)), tuple(sorted(kinds)), tuple(sorted(colours)),
-                   tuple(sorted(positions)), tuple(sorted(words)), frequency, cooccurrence, max_count)
+        return cls(
+            tuple(sorted(frequency)),
+            tuple(sorted(kinds)),
+            tuple(sorted(colours)),
+            tuple(sorted(positions)),
+            tuple(sorted(words)),
+            frequency,
+            cooccurrence,
+            max_count,
+        )
 
 
 def _count_tables(scene: Scene) -> dict[str, Counter[str]]:
@@ -210,8 +219,7 @@ def _shuffled(rng: random.Random, items: Iterable[Any]) -> list[Any]:
 QAMaker = Callable[[Scene, random.Random, WorldStats], "QA | None"]
 
 
-def _attribute_qa(attribute: str, category: str, template: str,
-                  answer_space: Callable[[WorldStats], int]) -> QAMaker:
+def _attribute_qa(attribute: str, category: str, template: str, answer_space: Callable[[WorldStats], int]) -> QAMaker:
     """A maker of "What <attribute> is <phrase naming one object without it>?" questions."""
 
     def make(scene: Scene, rng: random.Random, stats: WorldStats) -> QA | None:
@@ -233,9 +241,10 @@ VQA_QUESTIONS: dict[str, QAMaker] = {
 }
 
 
-def counting_qa(scene: Scene, rng: random.Random, stats: WorldStats, by: str = "category",
-                absent_prob: float = 0.0) -> QA | None:
-    """"How many red circles are there in the image?" -> "2" (digits, as in VQAv2)."""
+def counting_qa(
+    scene: Scene, rng: random.Random, stats: WorldStats, by: str = "category", absent_prob: float = 0.0
+) -> QA | None:
+    """ "How many red circles are there in the image?" -> "2" (digits, as in VQAv2)."""
     counts = _count_tables(scene)[by]
     universe = {"category": stats.categories, "kind": stats.kinds, "colour": stats.colours}.get(by, ())
     absent = sorted(set(universe) - set(counts))
@@ -261,13 +270,18 @@ def _distinct_boxes(scene: Scene) -> list[int]:
 
 
 def region_qa(scene: Scene, rng: random.Random, stats: WorldStats) -> QA | None:
-    """"What is the object in region [x1, y1, x2, y2]?" -> "red circle"."""
+    """ "What is the object in region [x1, y1, x2, y2]?" -> "red circle"."""
     candidates = _distinct_boxes(scene)
     if not candidates:
         return None
     i = rng.choice(candidates)
-    return QA(f"What is the object in region {normalized_box(scene, i)}?", scene.objects[i].category,
-              "region", len(stats.categories), {"target": i})
+    return QA(
+        f"What is the object in region {normalized_box(scene, i)}?",
+        scene.objects[i].category,
+        "region",
+        len(stats.categories),
+        {"target": i},
+    )
 
 
 def grounding_qa(scene: Scene, rng: random.Random, stats: WorldStats) -> QA | None:
@@ -280,8 +294,7 @@ def grounding_qa(scene: Scene, rng: random.Random, stats: WorldStats) -> QA | No
     return None
 
 
-def pope_negatives(present: Iterable[str], stats: WorldStats, strategy: str, k: int,
-                   rng: random.Random) -> list[str]:
+def pope_negatives(present: Iterable[str], stats: WorldStats, strategy: str, k: int, rng: random.Random) -> list[str]:
     """`k` categories absent from an image, chosen by POPE strategy `strategy`."""
     present = set(present)
     absent = sorted(set(stats.categories) - present)
@@ -290,15 +303,22 @@ def pope_negatives(present: Iterable[str], stats: WorldStats, strategy: str, k: 
     if strategy == "popular":
         return sorted(absent, key=lambda c: (-stats.frequency[c], c))[:k]
     if strategy == "adversarial":
+
         def score(c: str) -> int:
             return sum(stats.cooccurrence.get(p, Counter())[c] for p in present)
+
         return sorted(absent, key=lambda c: (-score(c), -stats.frequency[c], c))[:k]
     raise ValueError(f"unknown POPE strategy {strategy!r}; use one of {POPE_STRATEGIES}")
 
 
 def pope_qa(category: str, present: bool, strategy: str) -> QA:
-    return QA(f"Is there {with_article(category)} in the image?", "yes" if present else "no", "pope", 2,
-              {"object": category, "strategy": strategy})
+    return QA(
+        f"Is there {with_article(category)} in the image?",
+        "yes" if present else "no",
+        "pope",
+        2,
+        {"object": category, "strategy": strategy},
+    )
 
 
 # --- conversation and reasoning -------------------------------------------------------------
@@ -310,13 +330,17 @@ TurnMaker = Callable[[Scene, random.Random, WorldStats], "Turn | None"]
 def _conv_shapes(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn:
     kinds = Counter(o.kind for o in scene.objects)
     order = list(dict.fromkeys(o.kind for o in scene.objects))
-    return "What shapes can you see in the image?", f"I can see {join_words([count_phrase(kinds[k], k) for k in order])}."
+    return (
+        "What shapes can you see in the image?",
+        f"I can see {join_words([count_phrase(kinds[k], k) for k in order])}.",
+    )
 
 
 def _conv_total(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn:
     n = len(scene.objects)
     return "How many objects are there in the image?", (
-        "There is one object in the image." if n == 1 else f"There are {_number(n)} objects in the image.")
+        "There is one object in the image." if n == 1 else f"There are {_number(n)} objects in the image."
+    )
 
 
 def _conv_attribute(attribute: str, question: str, answer: str) -> TurnMaker:
@@ -362,7 +386,8 @@ def _conv_text(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn:
     if scene.word is None:
         return "Is there any text in the image?", "No, there is no text in the image."
     return "Is there any text in the image?", (
-        f'Yes, the word "{scene.word.text}" is written {position_phrase(scene.word.position)}.')
+        f'Yes, the word "{scene.word.text}" is written {position_phrase(scene.word.position)}.'
+    )
 
 
 CONVERSATION_TURNS: tuple[TurnMaker, ...] = (
@@ -381,17 +406,23 @@ CONVERSATION_TURNS: tuple[TurnMaker, ...] = (
 def _reason_corner(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn | None:
     if len(scene.objects) < 2:
         return None
-    corners = {"top left": (0, 0), "top right": (scene.width, 0),
-               "bottom left": (0, scene.height), "bottom right": (scene.width, scene.height)}
+    corners = {
+        "top left": (0, 0),
+        "top right": (scene.width, 0),
+        "bottom left": (0, scene.height),
+        "bottom right": (scene.width, scene.height),
+    }
     for corner in _shuffled(rng, corners):
         cx, cy = corners[corner]
         dist = sorted(((o.centre[0] - cx) ** 2 + (o.centre[1] - cy) ** 2) ** 0.5 for o in scene.objects)
         if dist[1] - dist[0] < 2.0:
             continue  # no clear winner: skip rather than risk a wrong answer
         obj = min(scene.objects, key=lambda o: (o.centre[0] - cx) ** 2 + (o.centre[1] - cy) ** 2)
-        return (f"Which object is closest to the {corner} corner of the image, and what colour is it?",
-                f"The object closest to the {corner} corner is the {obj.size} {obj.category} "
-                f"{position_phrase(obj.position)}, so its colour is {obj.colour}.")
+        return (
+            f"Which object is closest to the {corner} corner of the image, and what colour is it?",
+            f"The object closest to the {corner} corner is the {obj.size} {obj.category} "
+            f"{position_phrase(obj.position)}, so its colour is {obj.colour}.",
+        )
     return None
 
 
@@ -409,8 +440,10 @@ def _reason_more(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn | 
         verdict, relation = "No", f"fewer {plural(a)} than {plural(b)}"
     else:
         verdict, relation = "No", f"as many {plural(a)} as {plural(b)}"
-    return (f"Are there more {plural(a)} than {plural(b)} in the image?",
-            f"{verdict}. There {verb} {count_phrase(na, a)} and {count_phrase(nb, b)}, so there are {relation}.")
+    return (
+        f"Are there more {plural(a)} than {plural(b)} in the image?",
+        f"{verdict}. There {verb} {count_phrase(na, a)} and {count_phrase(nb, b)}, so there are {relation}.",
+    )
 
 
 def _reason_remove(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn:
@@ -420,15 +453,25 @@ def _reason_remove(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn:
     left = n - m
     total = "is one object" if n == 1 else f"are {_number(n)} objects"
     part = "it is" if n == 1 else ("all of them are" if m == n else f"{_number(m)} of them {'is' if m == 1 else 'are'}")
-    rest = "no objects would be left" if left == 0 else (
-        "one object would be left" if left == 1 else f"{_number(left)} objects would be left")
-    return (f"If all the {colour} objects were removed, how many objects would be left?",
-            f"There {total} and {part} {colour}, so {rest}.")
+    rest = (
+        "no objects would be left"
+        if left == 0
+        else ("one object would be left" if left == 1 else f"{_number(left)} objects would be left")
+    )
+    return (
+        f"If all the {colour} objects were removed, how many objects would be left?",
+        f"There {total} and {part} {colour}, so {rest}.",
+    )
 
 
-_SIDE = {"left": "on the left side of the image", "center": "in the middle of the image",
-         "right": "on the right side of the image", "top": "in the upper part of the image",
-         "middle": "in the middle of the image", "bottom": "in the lower part of the image"}
+_SIDE = {
+    "left": "on the left side of the image",
+    "center": "in the middle of the image",
+    "right": "on the right side of the image",
+    "top": "in the upper part of the image",
+    "middle": "in the middle of the image",
+    "bottom": "in the lower part of the image",
+}
 
 
 def _grid(scene: Scene, i: int) -> tuple[str, str]:
@@ -469,8 +512,10 @@ def _reason_front(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn |
         return None
     back, front = (scene.objects[k].category for k in rng.choice(pairs))
     first, second = (back, front) if rng.random() < 0.5 else (front, back)
-    return (f"The {first} and the {second} overlap. Which one is in front?",
-            f"The {front} is in front: it covers part of the {back}.")
+    return (
+        f"The {first} and the {second} overlap. Which one is in front?",
+        f"The {front} is in front: it covers part of the {back}.",
+    )
 
 
 def _reason_majority(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn | None:
@@ -479,8 +524,10 @@ def _reason_majority(scene: Scene, rng: random.Random, stats: WorldStats) -> Tur
     if n < 3 or (len(colours) > 1 and colours[0][1] == colours[1][1]):
         return None
     colour, m = colours[0]
-    return ("What colour are most of the objects?",
-            f"Most of the objects are {colour}: {_number(m)} of the {_number(n)} objects are {colour}.")
+    return (
+        "What colour are most of the objects?",
+        f"Most of the objects are {colour}: {_number(m)} of the {_number(n)} objects are {colour}.",
+    )
 
 
 def _reason_largest(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn | None:
@@ -488,12 +535,20 @@ def _reason_largest(scene: Scene, rng: random.Random, stats: WorldStats) -> Turn
     if len(ranks) < 2 or ranks.count(max(ranks)) != 1:
         return None
     obj = scene.objects[ranks.index(max(ranks))]
-    return ("Which object is the largest, and where is it?",
-            f"The largest object is the {obj.size} {obj.category}, which is {position_phrase(obj.position)} of the image.")
+    return (
+        "Which object is the largest, and where is it?",
+        f"The largest object is the {obj.size} {obj.category}, which is {position_phrase(obj.position)} of the image.",
+    )
 
 
 REASONING_TURNS: tuple[TurnMaker, ...] = (
-    _reason_corner, _reason_more, _reason_remove, _reason_relative, _reason_front, _reason_majority, _reason_largest,
+    _reason_corner,
+    _reason_more,
+    _reason_remove,
+    _reason_relative,
+    _reason_front,
+    _reason_majority,
+    _reason_largest,
 )
 
 
@@ -504,8 +559,7 @@ def _short(qa: QA) -> Turn:
     return f"{qa.question}\n{SHORT_ANSWER_PROMPT}", qa.answer
 
 
-def _pick_turns(makers: Sequence[TurnMaker], scene: Scene, rng: random.Random, stats: WorldStats,
-                n: int) -> list[Turn]:
+def _pick_turns(makers: Sequence[TurnMaker], scene: Scene, rng: random.Random, stats: WorldStats, n: int) -> list[Turn]:
     turns = []
     for make in _shuffled(rng, makers):
         turn = make(scene, rng, stats)
@@ -603,8 +657,12 @@ def build_pretrain_data(scenes: Iterable[Scene | dict], seed: int = 0) -> list[d
     return samples
 
 
-def build_instruct_data(scenes: Iterable[Scene | dict], kinds: Sequence[str] = INSTRUCT_KINDS, seed: int = 0,
-                        stats: WorldStats | None = None) -> list[dict[str, Any]]:
+def build_instruct_data(
+    scenes: Iterable[Scene | dict],
+    kinds: Sequence[str] = INSTRUCT_KINDS,
+    seed: int = 0,
+    stats: WorldStats | None = None,
+) -> list[dict[str, Any]]:
     """Stage-2 samples: at most one per (scene, kind), id "<scene id>-<kind>".
 
     A kind that does not apply to a scene (OCR without a word) is skipped for it.
@@ -629,15 +687,22 @@ def build_instruct_data(scenes: Iterable[Scene | dict], kinds: Sequence[str] = I
 
 
 def _question(qid: str, scene: Scene, qa: QA) -> dict[str, Any]:
-    record = {"id": qid, "image": scene.image, "question": qa.question,
-              "prompt": f"{qa.question}\n{SHORT_ANSWER_PROMPT}", "answer": qa.answer,
-              "category": qa.category, "num_choices": qa.num_choices}
+    record = {
+        "id": qid,
+        "image": scene.image,
+        "question": qa.question,
+        "prompt": f"{qa.question}\n{SHORT_ANSWER_PROMPT}",
+        "answer": qa.answer,
+        "category": qa.category,
+        "num_choices": qa.num_choices,
+    }
     record.update(qa.extra)
     return record
 
 
-def build_eval_sets(test_scenes: Iterable[Scene | dict], seed: int = 0, stats: WorldStats | None = None,
-                    pope_per_image: int = 3) -> dict[str, list[dict[str, Any]]]:
+def build_eval_sets(
+    test_scenes: Iterable[Scene | dict], seed: int = 0, stats: WorldStats | None = None, pope_per_image: int = 3
+) -> dict[str, list[dict[str, Any]]]:
     """Held-out questions with exact answers: vqa, counting, ocr, region, pope.
 
     Counting asks only about present categories and kinds (answers 1..max). POPE asks, per
@@ -676,28 +741,10 @@ def build_eval_sets(test_scenes: Iterable[Scene | dict], seed: int = 0, stats: W
     return sets
 
 
-def chance_accuracy(questions: Sequence[dict[str, Any]]) -> float:
-    """Expected accuracy of guessing uniformly among each question's `num_choices` answers."""
-    if not questions:
-        raise ValueError("chance_accuracy: no questions")
-    return sum(1.0 / q["num_choices"] for q in questions) / len(questions)
-
-
-def majority_accuracy(questions: Sequence[dict[str, Any]]) -> float:
-    """Accuracy of always giving the most common answer of each question's category."""
-    if not questions:
-        raise ValueError("majority_accuracy: no questions")
-    by_category: dict[str, Counter[str]] = {}
-    for q in questions:
-        by_category.setdefault(q["category"], Counter())[q["answer"]] += 1
-    return sum(c.most_common(1)[0][1] for c in by_category.values()) / len(questions)
-
-
 # --- files ----------------------------------------------------------------------------------
 
 
-def write_instruct_files(world_dir: str | Path, out_dir: str | Path | None = None,
-                         seed: int = 0) -> dict[str, Path]:
+def write_instruct_files(world_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, Path]:
     """From a `synth.write_world` folder write pretrain.json, instruct.json and eval_<set>.jsonl.
 
     Image paths stay relative to `world_dir` (use it as the image folder). Training data

@@ -9,9 +9,9 @@ in the text becomes `num_image_tokens` copies of the image token id, as transfor
 
 High resolution and video (`LlavaKitConfig.image_mode` other than `fixed`, `video_token_id`):
 each image becomes its base image plus the crops of its best canvas
-(`llavakit.data.highres`), each `<image>` is expanded to exactly the number of features the
+(`llavakit.processing.highres`), each `<image>` is expanded to exactly the number of features the
 model will make of that image, and each `<video>` to the pooled frames' count
-(`llavakit.data.video`). The outputs then add, beside `pixel_values`:
+(`llavakit.processing.video`). The outputs then add, beside `pixel_values`:
 
 * `image_sizes` `(images, 2)`: each image's original (height, width);
 * `image_num_crops` `(images,)`: encoder inputs per image (1 + grid cells, or 1 for an image
@@ -38,12 +38,23 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, BatchFeature, LlavaNextProcessor, LlavaProcessor, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    BatchFeature,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PreTrainedTokenizerBase,
+)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from llavakit.data.highres import HighResConfig, preprocess_highres, transformers_image_processor
-from llavakit.data.images import (
+from llavakit.model.configuration import LlavaKitConfig
+from llavakit.processing.highres import (
+    HighResConfig,
+    preprocess_highres,
+    transformers_image_processor,
+)
+from llavakit.processing.images import (
     CLIP_MEAN,
     CLIP_STD,
     RESAMPLE_FILTERS,
@@ -52,9 +63,13 @@ from llavakit.data.images import (
     load_image,
     preprocess,
 )
-from llavakit.data.templates import get_template
-from llavakit.data.video import FrameSampling, VideoConfig, video_frames, video_pixel_values
-from llavakit.model.configuration import LlavaKitConfig
+from llavakit.processing.templates import get_template
+from llavakit.processing.video import (
+    FrameSampling,
+    VideoConfig,
+    video_frames,
+    video_pixel_values,
+)
 
 PROCESSOR_FILE = "llavakit_processor.json"
 IGNORE_INDEX = -100
@@ -85,7 +100,7 @@ class _Visuals:
         if size is not None:
             self.sizes.append((int(size[0]), int(size[1])))
 
-    def extend(self, other: "_Visuals") -> None:
+    def extend(self, other: _Visuals) -> None:
         self.pixels += other.pixels
         self.tokens += other.tokens
         self.sizes += other.sizes
@@ -137,7 +152,9 @@ class LlavaKitProcessor:
         if num_image_tokens < 1:
             raise ValueError(f"num_image_tokens must be positive, got {num_image_tokens}")
         if highres is not None and highres.crop_size != image_config.size:
-            raise ValueError(f"the high-resolution crop size {highres.crop_size} differs from the image size {image_config.size}")
+            raise ValueError(
+                f"the high-resolution crop size {highres.crop_size} differs from the image size {image_config.size}"
+            )
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -296,7 +313,9 @@ class LlavaKitProcessor:
         if not videos:
             return visuals
         if self.video is None:
-            raise ValueError(f"{_where(sample_id)} has videos, but the processor has no video layout (model without video_token_id)")
+            raise ValueError(
+                f"{_where(sample_id)} has videos, but the processor has no video layout (model without video_token_id)"
+            )
         backend = self.highres.resize_backend if self.highres is not None else "pil"
         for index, video in enumerate(videos):
             name = _video_name(video, sample_id, index)
@@ -325,15 +344,21 @@ class LlavaKitProcessor:
             videos = []
         elif isinstance(videos, (str, Path)) or (isinstance(videos, np.ndarray) and videos.ndim == 4):
             videos = [videos]
-        elif isinstance(videos, (list, tuple)) and videos and isinstance(videos[0], (Image.Image, np.ndarray)):
-            if not (isinstance(videos[0], np.ndarray) and videos[0].ndim == 4):
-                videos = [videos]  # one video given as its list of frames
+        elif (
+            isinstance(videos, (list, tuple))
+            and videos
+            and isinstance(videos[0], (Image.Image, np.ndarray))
+            and not (isinstance(videos[0], np.ndarray) and videos[0].ndim == 4)
+        ):
+            videos = [videos]  # one video given as its list of frames
         videos = list(videos)
         counts = [text.count(self.video_token) if self.video is not None else 0 for text in texts]
         if videos and self.video is None:
             raise ValueError("videos were given, but the processor has no video layout (model without video_token_id)")
         if sum(counts) != len(videos):
-            raise ValueError(f"{len(videos)} video(s) given but the texts have {sum(counts)} {self.video_token} placeholder(s)")
+            raise ValueError(
+                f"{len(videos)} video(s) given but the texts have {sum(counts)} {self.video_token} placeholder(s)"
+            )
         groups, start = [], 0
         for count in counts:
             groups.append(videos[start : start + count])
@@ -584,7 +609,9 @@ class LlavaKitProcessor:
     def to_transformers_next(
         self, patch_size: int, vision_feature_select_strategy: str, num_additional_image_tokens: int
     ) -> LlavaNextProcessor:
-        """The equivalent transformers `LlavaNextProcessor` of an `hd` / `anyres` processor (same ids, pixels, template).
+        """The equivalent transformers `LlavaNextProcessor` of an `hd` / `anyres` processor.
+
+        Same ids, pixels and template.
 
         OneVision's processor needs transformers' torchvision video processor; write its folder
         with `llavakit.interop.export_checkpoint` instead.

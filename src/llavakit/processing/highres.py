@@ -34,8 +34,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from llavakit.data.images import RESAMPLE_FILTERS, ImageProcessingConfig, preprocess
 from llavakit.model import anyres
+from llavakit.processing.images import (
+    RESAMPLE_FILTERS,
+    ImageProcessingConfig,
+    preprocess,
+)
 
 Size = tuple[int, int]
 RESIZE_BACKENDS = ("pil", "torch")
@@ -75,7 +79,9 @@ class HighResConfig:
         pinpoints = tuple(anyres.parse_grid_pinpoints(list(self.grid_pinpoints), self.crop_size))
         for height, width in pinpoints:
             if height % self.crop_size or width % self.crop_size:
-                raise ValueError(f"grid pinpoint {(height, width)} is not a whole number of {self.crop_size}-pixel crops")
+                raise ValueError(
+                    f"grid pinpoint {(height, width)} is not a whole number of {self.crop_size}-pixel crops"
+                )
         object.__setattr__(self, "grid_pinpoints", pinpoints)
 
     @property
@@ -157,7 +163,9 @@ def _resize_source(image: Image.Image, config: ImageProcessingConfig, backend: s
     if backend != "torch":
         raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {backend!r}")
     if config.resample not in _TORCH_MODES:
-        raise ValueError(f"the torch resize backend supports {sorted(_TORCH_MODES)}, not {config.resample!r}; use 'pil'")
+        raise ValueError(
+            f"the torch resize backend supports {sorted(_TORCH_MODES)}, not {config.resample!r}; use 'pil'"
+        )
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
 
 
@@ -172,7 +180,9 @@ def _resize(source: Image.Image | torch.Tensor, height: int, width: int, config:
     return source[0].permute(1, 2, 0).numpy()
 
 
-def resize_pixels(image: Image.Image, height: int, width: int, config: ImageProcessingConfig, backend: str = "pil") -> np.ndarray:
+def resize_pixels(
+    image: Image.Image, height: int, width: int, config: ImageProcessingConfig, backend: str = "pil"
+) -> np.ndarray:
     """`(height, width, 3)` uint8: an RGB image resized with the config's filter (no resize when the size already fits).
 
     `pil` is PIL's resize (what transformers' PIL processors call); `torch` runs torch's
@@ -188,7 +198,10 @@ def _normalized_square(source, config: ImageProcessingConfig, table: np.ndarray)
 
 
 def resize_square(
-    image: Image.Image | np.ndarray, config: ImageProcessingConfig, table: np.ndarray | None = None, backend: str = "pil"
+    image: Image.Image | np.ndarray,
+    config: ImageProcessingConfig,
+    table: np.ndarray | None = None,
+    backend: str = "pil",
 ) -> np.ndarray:
     """(3, S, S): the whole image squashed to the encoder's input, as the base image and video frames are."""
     table = normalization_table(config) if table is None else table
@@ -226,7 +239,10 @@ def anyres_crops(image: Image.Image | np.ndarray, highres: HighResConfig, config
 def base_only_crops(image: Image.Image | np.ndarray, config: ImageProcessingConfig) -> ImageCrops:
     """One crop `(1, 3, S, S)`: OneVision's multi-image preprocessing (pad to a mean-coloured square, resize)."""
     image = _rgb(image)
-    padded = preprocess(image, ImageProcessingConfig(mode="pad", size=config.size, mean=config.mean, std=config.std, resample=config.resample))
+    padded = preprocess(
+        image,
+        ImageProcessingConfig(mode="pad", size=config.size, mean=config.mean, std=config.std, resample=config.resample),
+    )
     return ImageCrops(padded[None], (image.height, image.width))
 
 
@@ -259,7 +275,9 @@ def preprocess_highres_batch(
 def transformers_image_processor(highres: HighResConfig, config: ImageProcessingConfig):
     """The transformers image processor (PIL backend) that gives the same pixels and sizes:
     `LlavaOnevisionImageProcessorPil` for `anyres_max_N`, `LlavaNextImageProcessorPil` otherwise."""
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
     )
@@ -273,6 +291,4 @@ def transformers_image_processor(highres: HighResConfig, config: ImageProcessing
     )
     if highres.mode.startswith("anyres_max_"):
         return LlavaOnevisionImageProcessorPil(size={"height": size, "width": size}, **common)
-    return LlavaNextImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common
-    )
+    return LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common)

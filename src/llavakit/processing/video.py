@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from llavakit.data.highres import normalization_table, resize_square
-from llavakit.data.images import ImageProcessingConfig, load_image
 from llavakit.model import anyres
+from llavakit.processing.highres import normalization_table, resize_square
+from llavakit.processing.images import ImageProcessingConfig, load_image
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _NUMBER = re.compile(r"(\d+)")
@@ -95,11 +95,15 @@ def _natural_key(path: Path) -> list:
 def read_frame_folder(folder: str | Path, sampling: FrameSampling) -> list[Image.Image]:
     """The sampled frames of a folder of frame images, as RGB PIL images."""
     folder = Path(folder)
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()), key=_natural_key)
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS and p.is_file()), key=_natural_key
+    )
     if not files:
         raise ValueError(f"video frame folder {folder} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
     if sampling.fps is not None and sampling.folder_fps is None:
-        raise ValueError(f"video frame folder {folder}: sampling at fps={sampling.fps} needs folder_fps (its frame rate)")
+        raise ValueError(
+            f"video frame folder {folder}: sampling at fps={sampling.fps} needs folder_fps (its frame rate)"
+        )
     indices = sample_frame_indices(len(files), sampling.max_frames, sampling.folder_fps, sampling.fps)
     return [load_image(files[index]) for index in indices]
 
@@ -260,7 +264,7 @@ class VideoConfig:
 def video_pixel_values(frames: list[Image.Image], config: ImageProcessingConfig, backend: str = "pil") -> np.ndarray:
     """`(frames, 3, S, S)` float32: every frame resized (aspect not kept) to the encoder's input and
     normalised, as OneVision's video processor does and as the base image of a grid mode is.
-    `backend`: `pil` or `torch` (see `llavakit.data.highres.resize_pixels`)."""
+    `backend`: `pil` or `torch` (see `llavakit.processing.highres.resize_pixels`)."""
     if not frames:
         raise ValueError("a video needs at least one frame")
     table = normalization_table(config)

@@ -1,0 +1,1 @@
+"""Checkpoint folders in and out: transformers Llava / LlavaNext / LlavaOnevision and original LLaVA."""
