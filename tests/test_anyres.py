@@ -318,7 +318,7 @@ def _tokenizer():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", additional_special_tokens=["<image>", "<video>"]
+        tokenizer_object=backend, unk_token="<unk>", extra_special_tokens=["<image>", "<video>"]
     )
 
 

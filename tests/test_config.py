@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import CONFIGS
 from llavakit.train.config import (
     DatasetConfig,
     TrainConfig,
@@ -20,8 +21,6 @@ from llavakit.train.config import (
     to_dict,
 )
 from llavakit.train.recipes import resolve_config
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_yaml_round_trip_gives_an_equal_config(tmp_path):

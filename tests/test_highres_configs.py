@@ -3,15 +3,14 @@ numbers of visual tokens, and map onto transformers' LlavaNext / LlavaOnevision 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from transformers import LlavaOnevisionConfig
 
+from conftest import CONFIGS
 from llavakit.interop.transformers_next import transformers_config_from_llavakit_next
 from llavakit.model.configuration import load_model_config, read_model_spec
 
-SPECS = Path(__file__).resolve().parents[1] / "configs" / "models"
+SPECS = CONFIGS / "models"
 
 
 def _load(name: str):

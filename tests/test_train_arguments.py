@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import CONFIGS
 from llavakit.train.arguments import (
     find_unused_parameters,
     precision_flags,
@@ -15,8 +14,6 @@ from llavakit.train.arguments import (
 )
 from llavakit.train.config import StageConfig, TrainConfig, load_config
 from llavakit.train.recipes import resolve_config
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def resolved(*overrides: str, recipe: str = "llava-1.5/finetune-7b.yaml") -> TrainConfig:

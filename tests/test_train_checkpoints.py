@@ -12,12 +12,10 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from conftest import CONFIGS
 from llavakit.train.config import TrainConfig, load_config
 from llavakit.train.run import run_training
 from llavakit.train.trainer import LlavaKitTrainer, publish_folder
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

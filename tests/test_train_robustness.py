@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import LlamaForCausalLM, set_seed
 
+from conftest import CONFIGS
 from llavakit import LlavaKitForCausalLM
 from llavakit.tiny import tiny_text_config
 from llavakit.train.config import TrainConfig, load_config
@@ -17,9 +18,6 @@ from llavakit.train.model_setup import build_model_and_processor
 from llavakit.train.recipes import resolve_config
 from llavakit.train.run import run_training
 from llavakit.train.skips import SkipPolicy, SkipReport, TooManyBadSamplesError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,14 +11,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM, TrainerCallback
 
+from conftest import CONFIGS
 from llavakit import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.tiny import build_tiny_tokenizer, tiny_text_config
 from llavakit.train.config import load_config
 from llavakit.train.run import CONFIG_NAME, LOSS_PLOT_NAME, run_training
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}

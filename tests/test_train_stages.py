@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import TrainerCallback
 
+from conftest import CONFIGS
 from llavakit.train.config import LoraConfig, StageConfig, TrainConfig, load_config
 from llavakit.train.model_setup import build_model_and_processor
 from llavakit.train.recipes import (
@@ -21,9 +22,6 @@ from llavakit.train.recipes import (
     resolve_config,
 )
 from llavakit.train.run import run_training
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}

@@ -102,7 +102,7 @@ def import_checkpoint(
     tokenizer = AutoTokenizer.from_pretrained(source)
     if is_original_llava_checkpoint(source):
         if IMAGE_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+            tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
         image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         model = import_original_llava(source, image_token_id=image_token_id, vision_tower_path=vision_tower)
         image_mode = "pad" if read_original_llava_config(source).image_aspect_ratio == "pad" else "square"

@@ -36,6 +36,7 @@ from llavakit.model.build import (
 )
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.processing.tokenizer import prepare_tokenizer
 from llavakit.train.config import ModelConfig, StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -62,21 +63,6 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer {source!r} has no fast version; training labels need character offsets")
     return tokenizer
-
-
-def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, image_token: str) -> int:
-    """Add `image_token` as one special token and a pad token when missing; return the image token id.
-
-    The pad token follows LLaVA: the unknown token when there is one (Vicuna / Llama), else EOS.
-    """
-    if image_token not in tokenizer.get_added_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-        logger.info("added %s to the tokenizer as id %d", image_token, tokenizer.convert_tokens_to_ids(image_token))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
-        if tokenizer.pad_token is None:
-            raise ValueError("the tokenizer has no pad, unk or eos token to pad batches with")
-    return int(tokenizer.convert_tokens_to_ids(image_token))
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -283,7 +269,6 @@ __all__ = [
     "build_model_and_processor",
     "load_tokenizer",
     "load_trainable_weights",
-    "prepare_tokenizer",
     "read_trainable_weights",
     "save_trainable_weights",
     "trainable_weights_file",
