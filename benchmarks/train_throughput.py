@@ -42,7 +42,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from llavakit import LlavaKitForCausalLM
 from llavakit.data.batching import PackingCollator, PaddingCollator
-from llavakit.data.dataset import DatasetSpec, LlavaDataset
+from llavakit.data.dataset import LlavaDataset
+from llavakit.data.records import DatasetSpec
 from llavakit.interop.transformers_llava import export_to_transformers
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.tiny import (

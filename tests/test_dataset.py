@@ -9,15 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from llavakit.data.dataset import (
+from llavakit.data.check import check_data
+from llavakit.data.dataset import LlavaDataset, downsample, estimate_length
+from llavakit.data.records import (
     LOAD_ERROR_KEY,
     SHORT_ANSWER_PROMPT,
     DatasetSpec,
-    LlavaDataset,
     add_response_format_prompt,
-    check_data,
-    downsample,
-    estimate_length,
     load_records,
     validate_record,
 )

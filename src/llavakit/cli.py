@@ -149,7 +149,8 @@ def _data_instruct(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from llavakit.data.dataset import DatasetSpec, check_data
+    from llavakit.data.check import check_data
+    from llavakit.data.records import DatasetSpec
     from llavakit.processing.processor import LlavaKitProcessor
 
     processor = LlavaKitProcessor.from_pretrained(args.processor) if args.processor else None
@@ -165,10 +166,8 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.config, args.overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_chat(commands: argparse._SubParsersAction) -> None:
+    """`llavakit chat`: ask a model about an image."""
     chat = commands.add_parser("chat", help="ask a model about an image")
     chat.add_argument("--model", help="llavakit checkpoint folder (default: a tiny random model)")
     chat.add_argument("--image", help="image file (default: a bundled picture)")
@@ -178,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--device", default="cpu")
     chat.set_defaults(run=_chat)
 
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    """`llavakit demo`: the whole recipe on the synthetic world."""
     demo = commands.add_parser(
         "demo",
         help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
@@ -190,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")
     demo.set_defaults(run=_demo)
 
+
+def _add_import(commands: argparse._SubParsersAction) -> None:
+    """`llavakit import`: a transformers or original LLaVA folder -> a llavakit checkpoint."""
     importer = commands.add_parser(
         "import", help="transformers Llava / LlavaNext / LlavaOnevision or original LLaVA folder -> llavakit checkpoint"
     )
@@ -201,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importer.set_defaults(run=_import)
 
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    """`llavakit export`: a llavakit checkpoint -> a transformers-native folder."""
     exporter = commands.add_parser(
         "export",
         help="llavakit checkpoint -> transformers Llava (fixed), LlavaNext (anyres, hd) "
@@ -210,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     exporter.add_argument("output")
     exporter.set_defaults(run=_export)
 
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    """`llavakit eval`: greedy answers to question files, scored."""
     evaluation = commands.add_parser("eval", help="answer question files greedily; metrics, baselines, predictions")
     evaluation.add_argument("model", help="llavakit checkpoint folder")
     evaluation.add_argument(
@@ -231,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out questions whose image is missing or broken (counted and reported) instead of stopping",
     )
     evaluation.set_defaults(run=_eval)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    """`llavakit train`: one training stage from a YAML recipe."""
     train = commands.add_parser(
         "train",
         help="train one stage from a YAML recipe, e.g. configs/llava-1.5/pretrain-7b.yaml",
@@ -241,14 +256,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML recipe (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     train.set_defaults(run=_train)
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    """`llavakit data`: make and check LLaVA-format data."""
     data = commands.add_parser("data", help="make and check LLaVA-format data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
+    for add in (_add_data_synth, _add_data_instruct, _add_data_check):
+        add(data_commands)
+
+
+def _add_data_synth(data_commands: argparse._SubParsersAction) -> None:
+    """`llavakit data synth`: the synthetic world."""
     synth = data_commands.add_parser("synth", help="generate the synthetic shape world and its instruction data")
     synth.add_argument("output")
     synth.add_argument("--n", type=int, default=1000, help="number of images")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--test-fraction", type=float, default=0.2)
     synth.set_defaults(run=_data_synth)
+
+
+def _add_data_instruct(data_commands: argparse._SubParsersAction) -> None:
+    """`llavakit data instruct`: instruction data, offline or from an LLM teacher."""
     instruct = data_commands.add_parser(
         "instruct",
         help="instruction data from a synthetic world: offline templates, or an LLM teacher",
@@ -287,12 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
         "replies of failed samples); written samples are skipped anyway",
     )
     instruct.set_defaults(run=_data_instruct)
+
+
+def _add_data_check(data_commands: argparse._SubParsersAction) -> None:
+    """`llavakit data check`: counts and bad samples of a dataset."""
     check = data_commands.add_parser("check", help="count samples, images, tokens; list every bad sample")
     check.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
     check.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
     check.add_argument("--processor", help="processor or checkpoint folder: enables token counts and length checks")
     check.add_argument("--max-length", type=int, default=None)
     check.set_defaults(run=_data_check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_chat, _add_demo, _add_import, _add_export, _add_eval, _add_train, _add_data):
+        add(commands)
     return parser
 
 

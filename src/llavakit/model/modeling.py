@@ -44,7 +44,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
     base_model_prefix = ""
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -249,7 +249,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -278,9 +278,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             else:
                 features = self.get_anyres_image_features(pixel_values, image_sizes, image_num_crops)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
-        elif (
-            input_ids is not None and past_key_values is None and bool((input_ids == self.config.image_token_id).any())
-        ):
+        elif input_ids is not None and cache is None and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("the input has <image> tokens but no pixel_values")
         video_token = self.config.video_token_id
         if pixel_values_videos is not None and pixel_values_videos.shape[0] > 0:
@@ -291,7 +289,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         elif (
             video_token is not None
             and input_ids is not None
-            and past_key_values is None
+            and cache is None
             and bool((input_ids == video_token).any())
         ):
             raise ValueError("the input has <video> tokens but no pixel_values_videos")
@@ -299,7 +297,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,

@@ -4,7 +4,8 @@
     from llavakit.train.run import run_training
     result = run_training(load_config("configs/tiny/pretrain.yaml", ["output.dir=runs/tiny-pretrain"]))
 
-Modules: `stages` (what trains in each stage, at which rate; freezing), `model_setup` (the
+Modules: `config` (the recipe schema: YAML + dotted overrides), `recipes` (what trains in each
+stage, at which rate; freezing), `model_setup` (the
 model and processor a run starts from; stage-1 weights), `arguments` (config -> Trainer
 arguments), `trainer` (the Trainer subclass), `skips` (bad-sample accounting), `plots`
 (loss curve), `run` (`run_training`, `train_main`). Submodules are imported on use, so

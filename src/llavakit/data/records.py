@@ -1,0 +1,323 @@
+"""LLaVA-format records: one reader and one validator for JSON / JSONL files, used by training and `data check`.
+
+A record looks like the LLaVA releases' (`llava_v1_5_mix665k.json`, `blip_laion_cc_sbu_558k.json`):
+
+    {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is in the picture?"},
+                       {"from": "gpt", "value": "A bus."}]}
+
+`image` is one path or a list of paths, relative to the dataset's image folder (one `<image>`
+placeholder per image, in order; several images make a multi-image sample). `video` (as in
+LLaVA-OneVision's data) is a video file or a folder of frames, or a list of them, relative to
+the dataset's video folder (default: the image folder), one `<video>` placeholder each; it
+needs a model with a `video_token_id`. A record with neither is text-only. Files are a JSON
+list (`.json`) or one record per line (`.jsonl`).
+
+Nothing is silently lost. Every record is checked the same way by `llavakit data check`
+(`check_data`, all at once, with a report) and by training (`LlavaDataset.__getitem__`, lazily:
+images and videos are decoded only when a sample is drawn; the length estimates that group
+batches read image headers at most). A bad sample gets one reason of the form
+`category: detail`, with category one of:
+
+    malformed JSON, malformed record, malformed turns, empty turn, <image> count mismatch,
+    <video> count mismatch, missing image, corrupt image, missing video, corrupt video,
+    over max length, unsupported, encoding failed
+
+In training the sample comes back as `{"skipped": reason, "sample_id": id}`; the collators
+drop it from the batch and list it under `skipped_samples`, so the trainer counts and reports it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from llavakit.processing.images import load_image
+from llavakit.processing.processor import LlavaKitProcessor
+from llavakit.processing.templates import IMAGE_PLACEHOLDER, normalize_conversation
+from llavakit.processing.video import FrameSampling, load_video
+
+# A record that could not be read (a malformed JSONL line, a list item that is not an object)
+# is kept in its place as {"id": ..., LOAD_ERROR_KEY: reason}, so it is counted and reported
+# like any other bad sample instead of vanishing at load time.
+LOAD_ERROR_KEY = "_load_error"
+
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+VIDEO_PLACEHOLDER = "<video>"
+
+
+class BadSampleError(ValueError):
+    """A sample that cannot be trained on; `reason` is `category: detail` (no sample id)."""
+
+    def __init__(self, category: str, detail: str):
+        super().__init__(f"{category}: {detail}")
+        self.reason = f"{category}: {detail}"
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a mixture.
+
+    `image_folder`: where relative image paths start (default: the data file's folder).
+    `video_folder`: where relative video paths start (default: the image folder).
+    `fraction`: share of the records kept, drawn at random without replacement (seeded by the
+    dataset's seed and position in the mixture), file order preserved.
+    `response_format_prompt`: appended to every human turn after a newline (once).
+    `name`: how reports call the dataset (default: the file name without extension).
+    """
+
+    path: str | Path
+    image_folder: str | Path | None = None
+    fraction: float = 1.0
+    response_format_prompt: str | None = None
+    name: str | None = None
+    video_folder: str | Path | None = None
+
+    def __post_init__(self):
+        if not 0.0 < float(self.fraction) <= 1.0:
+            raise ValueError(f"dataset {self.path}: fraction must be in (0, 1], got {self.fraction}")
+        if self.name is None:
+            self.name = Path(self.path).stem
+
+    @property
+    def images_root(self) -> Path:
+        return Path(self.image_folder) if self.image_folder is not None else Path(self.path).parent
+
+    @property
+    def videos_root(self) -> Path:
+        return Path(self.video_folder) if self.video_folder is not None else self.images_root
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def load_records(spec: DatasetSpec) -> list[dict[str, Any]]:
+    """All records of `spec.path`, in file order (no downsampling).
+
+    A file that is missing, has an unknown extension, or (`.json`) does not parse as a list
+    raises ValueError naming it. A malformed JSONL line, or a list item that is not an object,
+    does not raise: it becomes `{"id": "<file name>:<line or item>", LOAD_ERROR_KEY: reason}`,
+    which validation reports as a bad sample, so one broken line never stops a run and is
+    never silently dropped either.
+    """
+    path = Path(spec.path)
+    if not path.is_file():
+        raise ValueError(f"dataset file {path} does not exist")
+    if path.suffix == ".jsonl":
+        records = []
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    reason = f"malformed JSON: line {number} of {path}: {error.msg} (column {error.colno})"
+                    records.append({"id": f"{path.name}:{number}", LOAD_ERROR_KEY: reason})
+                    continue
+                records.append(_object_or_marker(record, f"{path.name}:{number}", f"line {number} of {path}"))
+        return records
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"dataset file {path} is not valid JSON: {error}") from error
+        if not isinstance(data, list):
+            raise ValueError(f"dataset file {path} must hold a JSON list of records, got {type(data).__name__}")
+        return [_object_or_marker(item, f"{path.name}[{i}]", f"item {i} of {path}") for i, item in enumerate(data)]
+    raise ValueError(f"dataset file {path} must end in .json (a list) or .jsonl (one record per line)")
+
+
+def _object_or_marker(record: Any, fallback_id: str, where: str) -> dict[str, Any]:
+    if isinstance(record, dict):
+        return record
+    reason = f"malformed record: {where} is a JSON {type(record).__name__}, not an object"
+    return {"id": fallback_id, LOAD_ERROR_KEY: reason}
+
+
+def sample_id_of(record: Mapping[str, Any], fallback: str) -> str:
+    """The record's `id` as a string, or `fallback` (dataset name and position) when it has none."""
+    value = record.get("id") if isinstance(record, Mapping) else None
+    return fallback if value is None else str(value)
+
+
+# ---- one record -----------------------------------------------------------------------------
+
+
+def add_response_format_prompt(conversation: Sequence[Mapping[str, Any]], prompt: str | None) -> list[dict[str, Any]]:
+    """A copy of `conversation` with `"\\n" + prompt` after every human turn that does not end with it."""
+    turns = [dict(turn) if isinstance(turn, Mapping) else turn for turn in conversation]
+    if not prompt:
+        return turns
+    for turn in turns:
+        if not isinstance(turn, dict):
+            continue
+        key = "value" if turn.get("from") == "human" else "content" if turn.get("role") == "user" else None
+        text = turn.get(key) if key else None
+        if isinstance(text, str) and not text.rstrip().endswith(prompt):
+            turn[key] = f"{text}\n{prompt}"
+        elif key == "content" and isinstance(text, list):
+            texts = [part.get("text") for part in text if isinstance(part, Mapping) and part.get("type") == "text"]
+            if not (texts and isinstance(texts[-1], str) and texts[-1].rstrip().endswith(prompt)):
+                turn[key] = [*text, {"type": "text", "text": prompt}]
+    return turns
+
+
+def _record_paths(record: Mapping[str, Any], key: str, folder: str | Path) -> list[Path]:
+    value = record.get(key)
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise BadSampleError("malformed record", f"{key!r} must be a path or a list of paths, got {value!r}")
+    return [Path(folder) / name for name in names]
+
+
+def image_paths(record: Mapping[str, Any], image_folder: str | Path) -> list[Path]:
+    """The record's images as paths under `image_folder` (absolute paths are kept)."""
+    return _record_paths(record, "image", image_folder)
+
+
+def video_paths(record: Mapping[str, Any], video_folder: str | Path) -> list[Path]:
+    """The record's videos (files or frame folders) as paths under `video_folder` (absolute paths are kept)."""
+    return _record_paths(record, "video", video_folder)
+
+
+def turn_texts(conversation: list[dict[str, Any]]) -> list[str]:
+    texts = []
+    for turn in conversation:
+        text = turn.get("value", turn.get("content"))
+        if isinstance(text, list):
+            parts = [part for part in text if isinstance(part, Mapping)]
+            text = "\n".join(IMAGE_PLACEHOLDER if p.get("type") == "image" else str(p.get("text", "")) for p in parts)
+        texts.append(text if isinstance(text, str) else "")
+    return texts
+
+
+def _checked_conversation(record: Any, response_format_prompt: str | None) -> list[dict[str, Any]]:
+    """The conversation to train on (prompt added), after the checks that need no file or tokenizer."""
+    if not isinstance(record, Mapping):
+        raise BadSampleError("malformed record", f"a record must be a JSON object, got {type(record).__name__}")
+    if LOAD_ERROR_KEY in record:
+        category, _, detail = str(record[LOAD_ERROR_KEY]).partition(": ")
+        raise BadSampleError(category, detail)
+    conversation = record.get("conversations")
+    if not isinstance(conversation, list):
+        raise BadSampleError("malformed turns", "the record has no 'conversations' list")
+    try:
+        turns = normalize_conversation(conversation)
+    except ValueError as error:
+        raise BadSampleError("malformed turns", str(error)) from None
+    for index, turn in enumerate(turns):
+        if not turn.text.strip():
+            raise BadSampleError("empty turn", f"message {index} ({turn.role}) has no text")
+    if not any(turn.role == "assistant" for turn in turns):
+        raise BadSampleError("malformed turns", "the conversation has no gpt answer to learn from")
+    return add_response_format_prompt(conversation, response_format_prompt)
+
+
+def _load_images(paths: list[Path]) -> list[Image.Image]:
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise BadSampleError("missing image", f"{path} does not exist")
+        try:
+            images.append(load_image(path))
+        except ValueError as error:
+            raise BadSampleError("corrupt image", str(error)) from None
+    return images
+
+
+def _load_videos(paths: list[Path], sampling: FrameSampling) -> list[list[Image.Image]]:
+    """Each video's sampled frames, decoded here (as images are) so a bad file is a counted skip."""
+    videos = []
+    for path in paths:
+        if not path.exists():
+            raise BadSampleError("missing video", f"{path} does not exist")
+        try:
+            videos.append(load_video(path, sampling))
+        except ValueError as error:
+            raise BadSampleError("corrupt video", str(error)) from None
+    return videos
+
+
+def _has_video_layout(processor: LlavaKitProcessor | None) -> bool:
+    return processor is not None and processor.video is not None
+
+
+def _check_placeholders(texts: list[str], images: int, videos: int, processor: LlavaKitProcessor | None) -> None:
+    """One `<image>` per image and one `<video>` per video; videos need a model that takes them.
+
+    `<video>` is counted only where it can be a placeholder (a video record, or a processor
+    with a video layout); elsewhere it is plain text, as the processor reads it.
+    """
+    placeholders = sum(text.count(IMAGE_PLACEHOLDER) for text in texts)
+    if placeholders != images:
+        raise BadSampleError(
+            "<image> count mismatch", f"{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {images} image(s)"
+        )
+    if videos and processor is not None and processor.video is None:
+        raise BadSampleError("unsupported", "video samples need a model with a video_token_id")
+    if videos or _has_video_layout(processor):
+        token = processor.video_token if _has_video_layout(processor) else VIDEO_PLACEHOLDER
+        placeholders = sum(text.count(token) for text in texts)
+        if placeholders != videos:
+            raise BadSampleError(
+                "<video> count mismatch", f"{placeholders} {token} placeholder(s) but {videos} video(s)"
+            )
+
+
+def encode_record(
+    record: Any,
+    image_folder: str | Path,
+    processor: LlavaKitProcessor | None,
+    max_length: int | None,
+    response_format_prompt: str | None = None,
+    video_folder: str | Path | None = None,
+) -> dict[str, Any]:
+    """Check and encode one record; raises `BadSampleError` with the first problem found.
+
+    Checks, in order: record and turn structure, `<image>` / `<video>` counts against the
+    images and videos (and that the processor takes videos), image files (exist, decode),
+    video files or frame folders (exist, decode with the processor's frame sampling), then
+    (with a processor) tokenization and `max_length`. Without a processor only the checks
+    before tokenization run and an empty dict is returned. `video_folder` defaults to `image_folder`.
+    """
+    conversation = _checked_conversation(record, response_format_prompt)
+    paths = image_paths(record, image_folder)
+    clips = video_paths(record, image_folder if video_folder is None else video_folder)
+    _check_placeholders(turn_texts(conversation), len(paths), len(clips), processor)
+    images = _load_images(paths)
+    sampling = processor.video.sampling if _has_video_layout(processor) else FrameSampling()
+    videos = _load_videos(clips, sampling)
+    if processor is None:
+        return {}
+    try:
+        encoded = processor.encode_conversation(conversation, images=images, videos=videos)
+    except ValueError as error:
+        raise BadSampleError("encoding failed", str(error)) from None
+    length = int(encoded["input_ids"].shape[0])
+    if max_length is not None and length > max_length:
+        raise BadSampleError("over max length", f"{length} tokens > max_length={max_length}")
+    return encoded
+
+
+def validate_record(
+    record: Any,
+    image_folder: str | Path,
+    processor: LlavaKitProcessor | None,
+    max_length: int | None,
+    response_format_prompt: str | None = None,
+    video_folder: str | Path | None = None,
+) -> str | None:
+    """Why `record` cannot be trained on (`category: detail`), or None when it is fine."""
+    try:
+        encode_record(record, image_folder, processor, max_length, response_format_prompt, video_folder)
+    except BadSampleError as error:
+        return error.reason
+    return None
