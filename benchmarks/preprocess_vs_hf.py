@@ -33,14 +33,11 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig
 
+from llavakit.interop.processor_export import transformers_image_processor
 from llavakit.model import anyres
-from llavakit.model.configuration import LlavaKitConfig, load_model_config
-from llavakit.processing.highres import (
-    HighResConfig,
-    anyres_crops,
-    preprocess_highres_batch,
-    transformers_image_processor,
-)
+from llavakit.model.build import load_model_spec, model_config
+from llavakit.model.configuration import LlavaKitConfig
+from llavakit.processing.highres import HighResConfig, anyres_crops, preprocess_highres_batch
 from llavakit.processing.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig
 
 PHOTOS = (
@@ -203,11 +200,14 @@ def token_table() -> None:
     )
     text = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     fixed = LlavaKitConfig(vision_config=clip336, text_config=text)
-    onevision = load_model_config(MODEL_SPECS / "llava-onevision-qwen2-7b.yaml")
+    hd, next_, onevision = (
+        model_config(load_model_spec(MODEL_SPECS / f"{name}.yaml"))
+        for name in ("llava-1.5-hd-13b", "llava-next-vicuna-7b", "llava-onevision-qwen2-7b")
+    )
     modes = {
         "LLaVA-1.5 `fixed` (CLIP-336)": (fixed, False),
-        "LLaVA-1.5-HD `hd` (CLIP-224, <= 6 cells)": (load_model_config(MODEL_SPECS / "llava-1.5-hd-13b.yaml"), False),
-        "LLaVA-NeXT `anyres` (CLIP-336)": (load_model_config(MODEL_SPECS / "llava-next-vicuna-7b.yaml"), False),
+        "LLaVA-1.5-HD `hd` (CLIP-224, <= 6 cells)": (hd, False),
+        "LLaVA-NeXT `anyres` (CLIP-336)": (next_, False),
         "OneVision `anyres_max_9` (SigLIP-384)": (onevision, False),
         "OneVision, each image of a multi-image sample": (onevision, True),
     }

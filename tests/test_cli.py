@@ -9,6 +9,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from conftest import original_llava_checkpoint
 from llavakit import LlavaKitForCausalLM
 from llavakit.cli import main
 from llavakit.interop.transformers_llava import transformers_config_from_llavakit
@@ -134,10 +135,9 @@ def test_chat_answer_is_greedy_continuation_of_the_prompt():
 
 
 def test_import_original_llava_folder_with_its_tokenizer(tmp_path, tiny_tokenizer):
-    from llavakit.interop.transformers_llava import import_original_llava
-    from test_convert import _original_checkpoint
+    from llavakit.interop.original_llava import import_original_llava
 
-    folder, *_ = _original_checkpoint(tmp_path, "clip", "llama", "mlp2x_gelu", vision_inside=False)
+    folder, *_ = original_llava_checkpoint(tmp_path, "clip", "llama", "mlp2x_gelu", vision_inside=False)
     tiny_tokenizer.save_pretrained(folder)
     assert main(["import", str(folder), str(tmp_path / "kit")]) == 0
     processor = LlavaKitProcessor.from_pretrained(tmp_path / "kit")

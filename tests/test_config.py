@@ -1,4 +1,5 @@
-"""Training config: YAML round trip, dotted overrides, unknown keys, and the shipped recipes' numbers."""
+"""Training config: YAML round trip, dotted overrides, unknown keys, model specs included by path,
+and the shipped recipes' numbers."""
 
 from __future__ import annotations
 
@@ -9,17 +10,8 @@ import pytest
 import yaml
 
 from conftest import CONFIGS
-from llavakit.train.config import (
-    DatasetConfig,
-    TrainConfig,
-    apply_overrides,
-    config_to_yaml,
-    from_dict,
-    load_config,
-    parse_override,
-    save_config,
-    to_dict,
-)
+from llavakit.model.build import ModelSpec, load_model_spec
+from llavakit.train.config import DatasetConfig, config_to_yaml, load_config, save_config, to_dict
 from llavakit.train.recipes import resolve_config
 
 
@@ -62,7 +54,7 @@ def test_overrides_parse_values_as_yaml_and_reach_nested_and_listed_fields(tmp_p
     assert config.model.language == {"model_type": "llama", "hidden_size": 64}
     assert config.output.resume == "runs/x/checkpoint-10"
     assert load_config(path, ["output.resume=true"]).output.resume is True
-    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert load_config(path, ["model.vision_feature_layer=[1, 2]"]).model.vision_feature_layer == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -95,8 +87,97 @@ def test_unknown_keys_in_a_file_raise_naming_file_and_key(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="unknown config key 'x'"):
-        from_dict(TrainConfig, {"x": 1})
-    assert apply_overrides({}, ["output.dir=runs/a"]) == {"output": {"dir": "runs/a"}}
+        load_config(None, ["x=1"])
+    assert load_config(None, ["output.dir=runs/a"]).output.dir == "runs/a"
+
+
+# ---- model specs included by path ----------------------------------------------------------------
+
+HD_SPEC = CONFIGS / "models/llava-1.5-hd-13b.yaml"
+
+
+def _recipe(folder: Path, model_section: str) -> Path:
+    """A recipe in `folder/recipes/` whose model section is `model_section` (YAML, indented by the caller)."""
+    path = folder / "recipes" / "recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"model:\n{model_section}data:\n  datasets:\n    - {{path: a.json}}\n")
+    return path
+
+
+def test_a_recipe_includes_a_model_spec_and_overrides_its_keys(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "hd.yaml").write_text(HD_SPEC.read_text())
+    recipe = _recipe(
+        tmp_path,
+        "  spec: ../models/hd.yaml\n  vision: openai/clip-vit-large-patch14\n  hd_max_cells: 4\n"
+        "  tokenizer: tiny\n  connector_weights: runs/pretrain\n",
+    )
+    config = load_config(recipe)
+    spec = load_model_spec(HD_SPEC)
+    assert config.model.vision == "openai/clip-vit-large-patch14"  # the recipe's value replaces the spec's mapping
+    assert (config.model.hd_max_cells, config.model.tokenizer, config.model.connector_weights) == (
+        4,
+        "tiny",
+        "runs/pretrain",
+    )
+    assert (config.model.name, config.model.language, config.model.image_mode) == (
+        spec.name,
+        spec.language,
+        "hd",
+    )
+    save_config(config, tmp_path / "run" / "train_config.yaml")
+    assert "spec:" not in (tmp_path / "run" / "train_config.yaml").read_text()  # written out in full
+    assert load_config(tmp_path / "run" / "train_config.yaml") == config
+
+
+def test_an_included_spec_is_found_beside_the_recipe_then_in_the_working_directory(tmp_path, monkeypatch):
+    relative = "configs/models/llava-1.5-hd-13b.yaml"
+    recipe = _recipe(tmp_path, f"  spec: {relative}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=f"included model spec '{relative}' does not exist"):
+        load_config(recipe)
+    monkeypatch.chdir(CONFIGS.parent)
+    assert load_config(recipe).model == load_model_spec(HD_SPEC)
+    beside = recipe.parent / relative
+    beside.parent.mkdir(parents=True)
+    beside.write_text(HD_SPEC.read_text().replace("name: llava-1.5-hd-13b", "name: beside"))
+    assert load_config(recipe).model.name == "beside"
+
+
+def test_a_spec_file_and_a_recipe_model_section_are_one_schema(tmp_path):
+    spec = load_model_spec(HD_SPEC)
+    indented = "".join(f"  {line}\n" for line in HD_SPEC.read_text().splitlines() if not line.startswith("#"))
+    written_out = load_config(_recipe(tmp_path / "a", indented)).model
+    included = load_config(_recipe(tmp_path / "b", f"  spec: {HD_SPEC}\n")).model
+    assert isinstance(spec, ModelSpec) and spec.image_mode == "hd" and spec.image_token_id == 32000
+    assert written_out == included == spec
+    derived = tmp_path / "derived.yaml"
+    derived.write_text(f"spec: {HD_SPEC}\nname: hd-4\nhd_max_cells: 4\n")  # a spec file may include one too
+    assert load_model_spec(derived) == ModelSpec(**{**vars(spec), "name": "hd-4", "hd_max_cells": 4})
+
+
+def test_an_unknown_key_in_an_included_spec_names_the_spec_file_and_key(tmp_path):
+    (tmp_path / "bad.yaml").write_text("vision: {model_type: clip_vision_model}\nimage_mod: hd\n")
+    recipe = _recipe(tmp_path, f"  spec: {tmp_path / 'bad.yaml'}\n")
+    with pytest.raises(
+        ValueError, match=r"bad.yaml: unknown config key 'model.image_mod'; 'model' has: .*\bimage_mode\b"
+    ):
+        load_config(recipe)
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown config key 'image_mod'"):
+        load_model_spec(tmp_path / "bad.yaml")
+    (tmp_path / "bad.yaml").write_text("vision_feature_layer: penultimate\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: config key 'model.vision_feature_layer' must be an integer"):
+        load_config(recipe)
+
+
+def test_overrides_reach_the_keys_of_an_included_spec(tmp_path):
+    recipe = _recipe(tmp_path, f"  spec: {HD_SPEC}\n")
+    config = load_config(recipe, ["model.image_mode=anyres", "model.language.hidden_size=64", "model.video_token=null"])
+    spec = load_model_spec(HD_SPEC)
+    assert config.model.image_mode == "anyres"
+    assert config.model.language == {**spec.language, "hidden_size": 64}
+    with pytest.raises(ValueError, match=r"unknown config key 'model.image_mod'"):
+        load_config(recipe, ["model.image_mod=anyres"])
 
 
 # ---- the shipped recipes -------------------------------------------------------------------------

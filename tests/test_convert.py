@@ -6,26 +6,31 @@ Run: .venv/bin/python -m pytest tests/test_convert.py -q
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
 
-from llavakit.interop.transformers_llava import (
-    export_to_transformers,
+from conftest import original_llava_checkpoint as _original_checkpoint
+from conftest import randomized as _randomize
+from llavakit.interop.keys import KeyTable, rename
+from llavakit.interop.original_llava import (
     import_original_llava,
-    import_transformers_llava,
     is_original_llava_checkpoint,
+    llavakit_state_dict_from_original,
+    read_original_llava_config,
+)
+from llavakit.interop.transformers_llava import (
+    LLAVA_KEYS,
+    export_to_transformers,
+    import_transformers_llava,
     llavakit_config_from_transformers,
     llavakit_state_dict_from_transformers,
-    read_original_llava_config,
     transformers_config_from_llavakit,
     transformers_state_dict_from_llavakit,
 )
@@ -35,15 +40,6 @@ from llavakit.tiny import tiny_llava_config, tiny_text_config, tiny_vision_confi
 IMAGE_TOKEN = 600
 VOCAB = 640
 TOL = 1e-4
-
-
-def _randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Weights far from the near-zero default init, so that a wrong mapping shows in the logits."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    return model.eval()
 
 
 def _expected_image_tokens(vision: str, strategy: str, image_size: int = 32, patch_size: int = 8) -> int:
@@ -196,67 +192,31 @@ def test_state_dict_maps_are_inverse_and_strict():
         transformers_state_dict_from_llavakit({"multi_modal_projector.layers.2.weight": torch.zeros(1)})
 
 
+def test_one_key_table_gives_both_directions():
+    """Every llavakit name maps to the transformers name and back, from the same (llavakit, transformers) pair."""
+    pairs = {
+        "vision_tower.encoder.vision_model.embeddings.patch_embedding.weight": (
+            "model.vision_tower.vision_model.embeddings.patch_embedding.weight"
+        ),
+        "multi_modal_projector.layers.0.weight": "model.multi_modal_projector.linear_1.weight",
+        "multi_modal_projector.layers.1.bias": "model.multi_modal_projector.linear_2.bias",
+        "language_model.model.layers.0.mlp.up_proj.weight": "model.language_model.layers.0.mlp.up_proj.weight",
+        "language_model.lm_head.weight": "lm_head.weight",
+    }
+    tensors = {name: torch.zeros(1) for name in pairs}
+    exported = rename(tensors, LLAVA_KEYS.from_llavakit(), "llavakit")
+    assert sorted(exported) == sorted(pairs.values())
+    assert set(rename(exported, LLAVA_KEYS.to_llavakit(), "transformers")) == set(pairs)
+    # `{param}` is weight or bias only: anything else under a projector linear is unknown, not renamed.
+    with pytest.raises(ValueError, match="linear_1.scale"):
+        rename({"model.multi_modal_projector.linear_1.scale": torch.zeros(1)}, LLAVA_KEYS.to_llavakit(), "x")
+    with pytest.raises(ValueError, match="same placeholders"):
+        KeyTable((("a.{rest}", "b"),))
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        KeyTable((("a.{layer}", "b.{layer}"),))
+
+
 # ---------------------------------------------------------------- original LLaVA layout
-
-
-def _original_checkpoint(tmp_path, vision: str, text: str, projector: str, vision_inside: bool, extra_keys=None):
-    """Write an original-LLaVA folder from random parts; return (folder, vision model, LLM, projector weights)."""
-    vision_model = _randomize(AutoModel.from_config(tiny_vision_config(vision)), seed=4)
-    llm = _randomize(AutoModelForCausalLM.from_config(tiny_text_config(text, vocab_size=VOCAB)), seed=5)
-    depth = 1 if projector == "linear" else 2
-    generator = torch.Generator().manual_seed(6)
-    dims = [vision_model.config.hidden_size] + [llm.config.hidden_size] * depth
-    projector_weights = [
-        (
-            torch.randn(dims[i + 1], dims[i], generator=generator) * 0.1,
-            torch.randn(dims[i + 1], generator=generator) * 0.1,
-        )
-        for i in range(depth)
-    ]
-
-    vision_folder = tmp_path / "vision"
-    if vision_inside:  # only the config: the weights must come from the checkpoint
-        vision_model.config.save_pretrained(vision_folder)
-    else:
-        vision_model.save_pretrained(vision_folder)
-
-    weights = {key: tensor.clone() for key, tensor in llm.state_dict().items()}
-    if projector == "linear":
-        weights["model.mm_projector.weight"], weights["model.mm_projector.bias"] = projector_weights[0]
-    else:
-        for index, (weight, bias) in enumerate(projector_weights):
-            weights[f"model.mm_projector.{2 * index}.weight"] = weight
-            weights[f"model.mm_projector.{2 * index}.bias"] = bias
-    if vision_inside:
-        prefix = "model.vision_tower.vision_tower.vision_model."
-        weights.update({prefix + key: tensor.clone() for key, tensor in vision_model.state_dict().items()})
-        if vision == "clip":  # older transformers saved this buffer
-            weights[prefix + "embeddings.position_ids"] = torch.arange(17)[None]
-    weights.update(extra_keys or {})
-
-    architecture = {"llama": "LlavaLlamaForCausalLM", "qwen2": "LlavaQwenForCausalLM"}[text]
-    config = llm.config.to_dict()
-    config.update(
-        architectures=[architecture],
-        model_type="llava" if text == "llama" else "llava_qwen",  # LLaVA-1.5's own configs say "llava"
-        mm_vision_tower="openai/clip-vit-large-patch14-336" if vision_inside else str(vision_folder),
-        mm_projector_type=projector,
-        mm_vision_select_layer=-2,
-        mm_vision_select_feature="patch",
-        mm_hidden_size=vision_model.config.hidden_size,
-        image_aspect_ratio="pad",
-        mm_use_im_start_end=False,
-        tune_mm_mlp_adapter=False,
-        use_mm_proj=True,
-    )
-    folder = tmp_path / "llava"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    if vision_inside:
-        torch.save(weights, folder / "pytorch_model.bin")
-    else:
-        save_file({key: tensor.contiguous() for key, tensor in weights.items()}, folder / "model.safetensors")
-    return folder, vision_folder, vision_model, llm, projector_weights
 
 
 def _original_reference(vision_model, llm, projector_weights, drop_cls: bool, prefix_ids, suffix_ids, pixel_values):
@@ -331,3 +291,33 @@ def test_original_llava_detection_and_bad_projector(tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "mm_projector_type": "identity"}))
     with pytest.raises(ValueError, match="identity"):
         read_original_llava_config(folder)
+
+
+def test_original_llava_im_start_end_is_refused(tmp_path):
+    """A checkpoint trained with <im_start>/<im_end> around its image features would import silently wrong."""
+    folder, *_ = _original_checkpoint(tmp_path, "clip", "llama", "mlp2x_gelu", False)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mm_use_im_start_end": True}))
+    assert is_original_llava_checkpoint(folder)
+    expected = re.escape(str(folder)) + r".*mm_use_im_start_end is true.*<im_start> and <im_end>.*does not support"
+    with pytest.raises(ValueError, match=expected):
+        read_original_llava_config(folder)
+    with pytest.raises(ValueError, match=expected):
+        import_original_llava(folder, image_token_id=VOCAB)
+    (folder / "config.json").write_text(json.dumps({**config, "mm_use_im_start_end": False}))
+    assert read_original_llava_config(folder).connector == "mlp2x_gelu"
+
+
+def test_original_projector_keys():
+    """`model.mm_projector.{2k}` is linear layer k (odd indices are activations); a bare one is the linear."""
+    renamed = llavakit_state_dict_from_original(
+        {
+            "model.mm_projector.0.weight": torch.zeros(1),
+            "model.mm_projector.2.bias": torch.zeros(1),
+            "model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(1),  # stale buffer: dropped
+        }
+    )
+    assert sorted(renamed) == ["multi_modal_projector.layers.0.weight", "multi_modal_projector.layers.1.bias"]
+    assert list(llavakit_state_dict_from_original({"model.mm_projector.weight": torch.zeros(1)})) == [
+        "multi_modal_projector.layers.0.weight"
+    ]

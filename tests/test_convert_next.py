@@ -27,6 +27,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 )
 
 from llavakit.cli import main
+from llavakit.interop.processor_export import transformers_llava_next_processor
 from llavakit.interop.transformers_next import (
     export_to_transformers_llava_next,
     import_transformers_llava_next,
@@ -110,8 +111,8 @@ def test_llava_next_import_matches_transformers(hf_next, tiny_tokenizer):
                   pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])  # fmt: skip
     torch.testing.assert_close(_logits(ours, **batch), ref, atol=ATOL, rtol=0)
     # transformers' own padded (images, crops, 3, S, S) layout drives our model too.
-    hf_processor = processor.to_transformers_next(
-        patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    hf_processor = transformers_llava_next_processor(
+        processor, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1
     )
     hf_batch = hf_processor(text=texts, images=images, return_tensors="pt", padding=True)
     assert hf_batch["pixel_values"].dim() == 5

@@ -16,6 +16,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
     LlavaOnevisionImageProcessorPil,
 )
 
+from llavakit.interop.processor_export import transformers_llava_next_processor, transformers_llava_processor
 from llavakit.model import anyres
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.highres import HighResConfig, anyres_crops, preprocess_highres
@@ -125,8 +126,8 @@ def test_input_ids_and_pixels_equal_llava_next_processor(tiny_tokenizer, mode):
     fields = {"image_grid_pinpoints": NEXT_PINPOINTS} if mode == "anyres" else {"image_base_first": True}
     config = _config(tiny_tokenizer, mode, **fields)
     ours = _processor(tiny_tokenizer, config)
-    theirs = ours.to_transformers_next(
-        patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    theirs = transformers_llava_next_processor(
+        ours, patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
     )
     for index, size in enumerate(SIZES):
         texts = ["USER: <image>\nWhat is here? ASSISTANT:", "<image> and <image> differ?"]
@@ -295,4 +296,7 @@ def test_bad_inputs_raise_clear_errors(tiny_tokenizer):
     with pytest.raises(ValueError, match="resize_backend"):
         HighResConfig("anyres", CROP, PATCH, ((32, 64),), resize_backend="cv2")
     with pytest.raises(ValueError, match="no LlavaProcessor form"):
-        processor.to_transformers(PATCH, "default", 1)
+        transformers_llava_processor(processor, PATCH, "default", 1)
+    onevision = _processor(tiny_tokenizer, _config(tiny_tokenizer, "anyres_max_2", vision="siglip"))
+    with pytest.raises(ValueError, match="only an hd / anyres processor"):
+        transformers_llava_next_processor(onevision, PATCH, "full", 0)

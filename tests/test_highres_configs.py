@@ -3,18 +3,26 @@ numbers of visual tokens, and map onto transformers' LlavaNext / LlavaOnevision 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from transformers import LlavaOnevisionConfig
 
 from conftest import CONFIGS
 from llavakit.interop.transformers_next import transformers_config_from_llavakit_next
-from llavakit.model.configuration import load_model_config, read_model_spec
+from llavakit.model.build import load_model_spec, model_config
 
 SPECS = CONFIGS / "models"
 
 
 def _load(name: str):
-    return load_model_config(SPECS / f"{name}.yaml")
+    return model_config(load_model_spec(SPECS / f"{name}.yaml"))
+
+
+def _weights(name: str) -> dict[str, str]:
+    """The published weights a spec's `# Weights: vision NAME, language NAME` comment names."""
+    found = re.search(r"^# Weights: vision (\S+), language (\S+)$", (SPECS / f"{name}.yaml").read_text(), re.M)
+    return {"vision": found[1], "language": found[2]} if found else {}
 
 
 def test_every_spec_loads_and_names_its_weights():
@@ -26,8 +34,8 @@ def test_every_spec_loads_and_names_its_weights():
         "llava-onevision-qwen2-7b",
     } <= set(names)
     for name in names:
-        spec = read_model_spec(SPECS / f"{name}.yaml")
-        assert spec["name"] == name and spec["pretrained"]["vision"] and spec["pretrained"]["language"]
+        spec = load_model_spec(SPECS / f"{name}.yaml")
+        assert spec.name == name and _weights(name).get("vision") and _weights(name).get("language")
         _load(name)
 
 
@@ -72,11 +80,16 @@ def test_onevision_counts_and_shapes(size, hidden, layers):
 
 
 def test_bad_specs_raise(tmp_path):
-    (tmp_path / "typo.yaml").write_text("config:\n  image_mod: hd\n  vision_config: {model_type: clip_vision_model}\n")
+    (tmp_path / "typo.yaml").write_text("image_mod: hd\nvision: {model_type: clip_vision_model}\n")
     with pytest.raises(ValueError, match="image_mod"):
-        load_model_config(tmp_path / "typo.yaml")
-    (tmp_path / "extra.yaml").write_text("weights: x\nconfig: {}\n")
-    with pytest.raises(ValueError, match="unknown keys"):
-        load_model_config(tmp_path / "extra.yaml")
+        load_model_spec(tmp_path / "typo.yaml")
+    (tmp_path / "extra.yaml").write_text("weights: x\nvision: {}\n")
+    with pytest.raises(ValueError, match="unknown config key 'weights'"):
+        load_model_spec(tmp_path / "extra.yaml")
     with pytest.raises(ValueError, match="does not exist"):
-        load_model_config(tmp_path / "missing.yaml")
+        load_model_spec(tmp_path / "missing.yaml")
+    (tmp_path / "shapeless.yaml").write_text(
+        "vision: {hidden_size: 8}\nlanguage: {model_type: llama}\nimage_token_id: 1\n"
+    )
+    with pytest.raises(ValueError, match="model_type"):
+        model_config(load_model_spec(tmp_path / "shapeless.yaml", ["image_token_id=1"]))

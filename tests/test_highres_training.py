@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import conversation
 from llavakit.data.batching import PackingCollator, PaddingCollator, first_fit
-from llavakit.data.dataset import DatasetSpec, LlavaDataset
+from llavakit.data.dataset import LlavaDataset
+from llavakit.data.records import DatasetSpec
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import IGNORE_INDEX, LlavaKitProcessor
 from llavakit.processing.video import FrameSampling
@@ -76,7 +78,9 @@ def _items(processor: LlavaKitProcessor, mode: str) -> list[dict]:
     for index, (question, answer, sizes, frames) in enumerate(SAMPLES[mode]):
         images = [_pixels(rng, size) for size in sizes]
         videos = [_pixels(rng, (24 + 8 * k, 40), count) for k, count in enumerate(frames)]
-        encoded = processor.encode_conversation(chat(question, answer), images=images, videos=videos, sample_id=index)
+        encoded = processor.encode_conversation(
+            conversation(question, answer), images=images, videos=videos, sample_id=index
+        )
         items.append({**encoded, "sample_id": f"{mode}-{index}"})
     return _middle_longest(items)
 
@@ -95,10 +99,6 @@ def case(request, tiny_tokenizer):
     torch.manual_seed(0)
     model = LlavaKitForCausalLM(config).eval()
     return model, _items(processor, request.param), tiny_tokenizer.pad_token_id
-
-
-def chat(question: str, answer: str) -> list[dict[str, str]]:
-    return [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
 
 
 def _inputs(batch: dict) -> dict:
@@ -183,10 +183,10 @@ def test_dataset_items_batch_and_train_end_to_end(tmp_path, tiny_tokenizer):
     for index in range(5):
         Image.fromarray(_pixels(rng, (24, 40))).save(tmp_path / "clip" / f"{index}.png")
     records = [
-        {"id": "wide", "image": "wide.png", "conversations": chat("<image>\nWhat is it?", "Noise.")},
-        {"id": "clip", "video": "clip", "conversations": chat("<video>\nWhat happens?", "The noise moves.")},
-        {"id": "gone", "video": "gone", "conversations": chat("<video>\nWhat happens?", "Nothing.")},
-        {"id": "two", "image": ["tall.png", "wide.png"], "conversations": chat("<image><image>\nSame?", "No.")},
+        {"id": "wide", "image": "wide.png", "conversations": conversation("<image>\nWhat is it?", "Noise.")},
+        {"id": "clip", "video": "clip", "conversations": conversation("<video>\nWhat happens?", "The noise moves.")},
+        {"id": "gone", "video": "gone", "conversations": conversation("<video>\nWhat happens?", "Nothing.")},
+        {"id": "two", "image": ["tall.png", "wide.png"], "conversations": conversation("<image><image>\nSame?", "No.")},
     ]
     (tmp_path / "data.json").write_text(json.dumps(records))
     dataset = LlavaDataset([DatasetSpec(tmp_path / "data.json")], processor, None)

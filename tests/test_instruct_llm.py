@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 pytest.importorskip("openai")
 
 from llavakit.cli import main
-from llavakit.data.dataset import DatasetSpec, check_data
+from llavakit.data.check import check_data
+from llavakit.data.records import DatasetSpec
 from llavakit.synthetic.instruct import DETAIL_INSTRUCTIONS
 from llavakit.synthetic.prompts import (
     EXAMPLE_REPLIES,
@@ -47,7 +47,8 @@ from llavakit.synthetic.world import caption, describe, load_scenes, write_world
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "instruct.md"
 BASE_DELAY = 0.01
-SLOW_SECONDS = 1.5
+# How long a `slow_once` reply waits for the client's retry before answering after all.
+HOLD_SECONDS = 30.0
 
 
 class Stub:
@@ -60,6 +61,8 @@ class Stub:
         self.retry_hits: Counter = Counter()  # requests that carried the retry message
         self.prompt_tokens = self.completion_tokens = 0
         self.auth_headers: set[str] = set()
+        self.retry_arrived = threading.Event()  # `slow_once`: a second request came for the held one
+        self.late_replies = 0  # held replies released by that second request: the client had given up
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -104,9 +107,12 @@ class Stub:
         rule = self.rules.get(key)
         if rule == "fail_once" and n == 1:
             return 500, {}, {"error": {"message": "server hiccup"}}
-        if rule == "slow_once" and n == 1:
-            time.sleep(SLOW_SECONDS)  # the client has given up by now: no usage is counted
-            return 500, {}, {"error": {"message": "too late"}}
+        if rule == "slow_once" and n > 1:
+            self.retry_arrived.set()
+        if rule == "slow_once" and n == 1 and self.retry_arrived.wait(HOLD_SECONDS):
+            with self.lock:
+                self.late_replies += 1
+            return 500, {}, {"error": {"message": "too late"}}  # the client has given up: no usage is counted
         if rule == "rate_limit_once" and n == 1:
             return 429, {"Retry-After": "0"}, {"error": {"message": "slow down"}}
         if rule == "always_500":
@@ -352,9 +358,10 @@ def test_timeouts_are_retried(world, tmp_path):
     scenes = load_scenes(world / "scenes_train.jsonl")[:1]
     key = (scenes[0].id, "conversation")
     with Stub(scenes, {key: "slow_once"}) as stub:
-        start = time.monotonic()
         report = generate(scenes, tmp_path / "t.jsonl", _config(stub, timeout=0.5), ["conversation"])
-        assert time.monotonic() - start < SLOW_SECONDS + 1.0
+        # the first reply was held until the second request came: the client gave up on it and asked again
+        # (a client that waited would have had it, good, after HOLD_SECONDS, and asked once)
+        assert stub.late_replies == 1
         assert stub.hits[key] == 2 and report.written == 1 and report.failed == []
         assert report.usage.requests == 2 and report.usage.retries == 1
         assert report.usage.prompt_tokens == stub.prompt_tokens > 0  # only the answered request counts

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
+from llavakit.interop.processor_export import transformers_llava_processor
 from llavakit.processing.images import ImageProcessingConfig
 from llavakit.processing.processor import (
     IGNORE_INDEX,
@@ -78,8 +79,8 @@ def test_tiny_tokenizer_is_deterministic_and_round_trips(tiny_tokenizer, tmp_pat
 @pytest.mark.parametrize("mode", ["square", "pad"])
 def test_call_matches_transformers_llava_processor(tiny_tokenizer, mode):
     processor = make_processor(tiny_tokenizer, mode=mode)
-    reference = processor.to_transformers(
-        patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    reference = transformers_llava_processor(
+        processor, patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
     )
     expected_class = "LlavaImageProcessorPil" if mode == "pad" else "CLIPImageProcessorPil"
     assert type(reference.image_processor).__name__ == expected_class
@@ -281,8 +282,8 @@ def test_save_and_load_give_identical_outputs(tiny_tokenizer, tmp_path, template
 @pytest.mark.parametrize("mode", ["square", "pad"])
 def test_exported_transformers_processor_reloads_and_agrees(tiny_tokenizer, tmp_path, mode):
     processor = make_processor(tiny_tokenizer, template="vicuna_v1", mode=mode)
-    processor.to_transformers(
-        patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
+    transformers_llava_processor(
+        processor, patch_size=PATCH, vision_feature_select_strategy="default", num_additional_image_tokens=1
     ).save_pretrained(tmp_path)
     reloaded = AutoProcessor.from_pretrained(tmp_path)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
@@ -293,6 +294,6 @@ def test_exported_transformers_processor_reloads_and_agrees(tiny_tokenizer, tmp_
     assert torch.equal(ours["input_ids"], theirs["input_ids"])
     torch.testing.assert_close(ours["pixel_values"], theirs["pixel_values"], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="would emit 17 image tokens, this processor emits 16"):
-        processor.to_transformers(
-            patch_size=PATCH, vision_feature_select_strategy="full", num_additional_image_tokens=1
+        transformers_llava_processor(
+            processor, patch_size=PATCH, vision_feature_select_strategy="full", num_additional_image_tokens=1
         )

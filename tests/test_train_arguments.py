@@ -8,6 +8,7 @@ import torch
 from conftest import CONFIGS
 from llavakit.train.arguments import (
     find_unused_parameters,
+    installed_trackers,
     precision_flags,
     report_targets,
     training_arguments,
@@ -43,7 +44,14 @@ def test_precision_and_reporting():
         with pytest.raises(ValueError, match="fp16 needs a GPU"):
             precision_flags("fp16")
     assert report_targets(["wandb"]) == ["wandb"] and report_targets("none") == "none"
-    assert report_targets("auto") in ("none", ["tensorboard"], ["wandb"], ["tensorboard", "wandb"])
+    # `auto` turns on exactly the installed trackers, in a fixed order; none installed: "none"
+    assert report_targets("auto", {"tensorboard": True, "wandb": True}) == ["tensorboard", "wandb"]
+    assert report_targets("auto", {"tensorboard": False, "wandb": True}) == ["wandb"]
+    assert report_targets("auto", {"tensorboard": True, "wandb": False}) == ["tensorboard"]
+    assert report_targets("auto", {"tensorboard": False, "wandb": False}) == "none"
+    assert report_targets(["wandb"], {"wandb": False}) == ["wandb"]  # a named tracker is the user's choice
+    installed = installed_trackers()
+    assert set(installed) == {"tensorboard", "wandb"} and report_targets("auto") == report_targets("auto", installed)
 
 
 def test_ddp_tolerates_unused_parameters_only_when_some_can_be_unused():

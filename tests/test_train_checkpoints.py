@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from conftest import CONFIGS
-from llavakit.train.config import TrainConfig, load_config
+from conftest import Sample, tiny_recipe, write_llava_data
+from llavakit.train.config import TrainConfig
 from llavakit.train.run import run_training
 from llavakit.train.trainer import LlavaKitTrainer, publish_folder
 
@@ -22,36 +20,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def shapes_data(folder: Path, n: int = 32) -> Path:
     """Images with answers of different lengths, and a few text-only samples (two modalities to group)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
+    words = ["one", "two", "three", "four", "five", "six", "seven"]
+    samples = []
     for i in range(n):
         if i % 5 == 4:
             count = i % 7 + 1
-            answer = " ".join(["one", "two", "three", "four", "five", "six", "seven"][:count])
-            records.append(
-                {
-                    "id": f"t{i}",
-                    "conversations": [
-                        {"from": "human", "value": f"Count to {count}"},
-                        {"from": "gpt", "value": answer},
-                    ],
-                }
-            )
-            continue
-        Image.new("RGB", (32, 32), (10 * i % 255, 120, 30 * i % 255)).save(folder / f"{i}.png")
-        records.append(
-            {
-                "id": f"s{i}",
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nDescribe the picture."},
-                    {"from": "gpt", "value": "A square" + " that is small" * (i % 4) + "."},
-                ],
-            }
-        )
-    path = folder / "data.json"
-    path.write_text(json.dumps(records))
-    return path
+            samples.append(Sample(f"t{i}", f"Count to {count}", " ".join(words[:count])))
+        else:
+            answer = "A square" + " that is small" * (i % 4) + "."
+            colour = (10 * i % 255, 120, 30 * i % 255)
+            samples.append(Sample(f"s{i}", "<image>\nDescribe the picture.", answer, f"{i}.png", colour))
+    return write_llava_data(folder, samples)
 
 
 class StopAfter(TrainerCallback):
@@ -66,22 +45,18 @@ class StopAfter(TrainerCallback):
 
 
 def config_for(stage: str, data: Path, out: Path, *overrides: str) -> TrainConfig:
-    recipe = CONFIGS / ("tiny/pretrain.yaml" if stage == "pretrain" else "tiny/finetune.yaml")
-    return load_config(
-        recipe,
-        [
-            f"data.datasets=[{{path: {data}}}]",
-            f"output.dir={out}",
-            "model.connector_weights=null",
-            "optimization.global_batch_size=8",
-            "optimization.per_device_batch_size=4",  # 2 accumulation steps
-            "optimization.max_steps=6",
-            "output.save_steps=3",
-            "output.plot=false",
-            "output.progress_bar=false",
-            "data.template=vicuna_v1",
-            *overrides,
-        ],
+    return tiny_recipe(
+        stage,
+        data,
+        out,
+        "model.connector_weights=null",
+        "optimization.global_batch_size=8",
+        "optimization.per_device_batch_size=4",  # 2 accumulation steps
+        "optimization.max_steps=6",
+        "output.save_steps=3",
+        "output.plot=false",
+        "data.template=vicuna_v1",
+        *overrides,
     )
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-from llavakit.train.config import load_config
+from conftest import CONFIGS, Sample, recipe_overrides, tiny_recipe, write_llava_data
 from llavakit.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,30 +22,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def varied_data(folder: Path, n: int = 32) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(n):
-        Image.new("RGB", (32, 32), (7 * i % 255, 200 - 5 * i, 90)).save(folder / f"{i}.png")
-        records.append(
-            {
-                "id": f"s{i}",
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat is in the picture?"},
-                    {"from": "gpt", "value": "A red circle" + " next to a blue square" * (i % 3) + "."},
-                ],
-            }
+    """Images with answers of three lengths, so packing and length grouping have something to do."""
+    samples = [
+        Sample(
+            f"s{i}",
+            "<image>\nWhat is in the picture?",
+            "A red circle" + " next to a blue square" * (i % 3) + ".",
+            f"{i}.png",
+            (7 * i % 255, 200 - 5 * i, 90),
         )
-    path = folder / "data.json"
-    path.write_text(json.dumps(records))
-    return path
+        for i in range(n)
+    ]
+    return write_llava_data(folder, samples)
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     data = varied_data(tmp_path / "data")
     overrides = [
-        f"data.datasets=[{{path: {data}}}]",
         "model.connector_weights=null",
         "data.packing=true",
         "data.group_by_modality=true",
@@ -55,11 +48,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         "optimization.max_steps=4",
         "output.save_steps=0",
         "output.plot=false",
-        "output.progress_bar=false",
     ]
-    recipe = str(ROOT / "configs/tiny/finetune.yaml")
     # one process: 2 accumulation steps of 4 samples
-    single = run_training(load_config(recipe, [*overrides, f"output.dir={tmp_path / 'one'}"]))
+    single = run_training(tiny_recipe("finetune", data, tmp_path / "one", *overrides))
     # two processes: 4 samples each, no accumulation; through the command line
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -72,9 +63,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         "-m",
         "llavakit.cli",
         "train",
-        recipe,
-        *overrides,
-        f"output.dir={tmp_path / 'two'}",
+        str(CONFIGS / "tiny/finetune.yaml"),
+        *recipe_overrides(data, tmp_path / "two", *overrides),
     ]
     done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

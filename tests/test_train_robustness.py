@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from transformers import LlamaForCausalLM, set_seed
 
-from conftest import CONFIGS
+from conftest import Sample, tiny_recipe, write_llava_data
 from llavakit import LlavaKitForCausalLM
 from llavakit.tiny import tiny_text_config
-from llavakit.train.config import TrainConfig, load_config
+from llavakit.train.config import TrainConfig
 from llavakit.train.model_setup import build_model_and_processor
 from llavakit.train.recipes import resolve_config
 from llavakit.train.run import run_training
@@ -24,50 +22,24 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def mixed_data(folder: Path, good: int = 8) -> Path:
     """`good` fine samples, then two whose image is missing and one with no answer to learn from."""
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(good):
-        Image.new("RGB", (32, 32), (40 * i % 255, 90, 200)).save(folder / f"{i}.png")
-        records.append(
-            {
-                "id": f"ok{i}",
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nDescribe it."},
-                    {"from": "gpt", "value": "A blue square."},
-                ],
-            }
-        )
-    for i in range(2):
-        records.append(
-            {
-                "id": f"gone{i}",
-                "image": f"missing{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nDescribe it."},
-                    {"from": "gpt", "value": "Nothing."},
-                ],
-            }
-        )
-    records.append({"id": "mute", "conversations": [{"from": "human", "value": "Hello?"}]})
-    path = folder / "data.json"
-    path.write_text(json.dumps(records))
-    return path
+    fine = [
+        Sample(f"ok{i}", "<image>\nDescribe it.", "A blue square.", f"{i}.png", (40 * i % 255, 90, 200))
+        for i in range(good)
+    ]
+    missing = [Sample(f"gone{i}", "<image>\nDescribe it.", "Nothing.", f"missing{i}.png") for i in range(2)]
+    return write_llava_data(folder, [*fine, *missing, Sample("mute", "Hello?", None)])
 
 
 def tiny_finetune(tmp_path: Path, *overrides: str) -> TrainConfig:
-    return load_config(
-        CONFIGS / "tiny/finetune.yaml",
-        [
-            f"data.datasets=[{{path: {mixed_data(tmp_path / 'data')}}}]",
-            f"output.dir={tmp_path / 'run'}",
-            "model.connector_weights=null",
-            "output.save_steps=0",
-            "output.plot=false",
-            "output.progress_bar=false",
-            "data.group_by_modality=false",
-            *overrides,
-        ],
+    return tiny_recipe(
+        "finetune",
+        mixed_data(tmp_path / "data"),
+        tmp_path / "run",
+        "model.connector_weights=null",
+        "output.save_steps=0",
+        "output.plot=false",
+        "data.group_by_modality=false",
+        *overrides,
     )
 
 

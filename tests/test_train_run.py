@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM, TrainerCallback
+from transformers import CLIPConfig, CLIPModel, LlamaForCausalLM
 
-from conftest import CONFIGS
+from conftest import COLOURS, Sample, WeightSnapshots, conversation, tiny_recipe, write_llava_data
 from llavakit import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.tiny import build_tiny_tokenizer, tiny_text_config
@@ -19,59 +19,24 @@ from llavakit.train.config import load_config
 from llavakit.train.run import CONFIG_NAME, LOSS_PLOT_NAME, run_training
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+SIZE = (40, 32)  # width, height of every image
+QUESTION = "<image>\nWhat color is the picture?"
 
 
 def colour_world(folder: Path, n: int) -> tuple[Path, Path]:
     """Solid-colour images: stage-1 captions are the colour word, stage-2 answers name it in a sentence."""
-    folder.mkdir(parents=True, exist_ok=True)
-    captions, questions = [], []
-    for i in range(n):
-        name = list(COLOURS)[i % len(COLOURS)]
-        Image.new("RGB", (40, 32), COLOURS[name]).save(folder / f"{i}.png")
-        captions.append(
-            {
-                "id": f"c{i}",
-                "image": f"{i}.png",
-                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": name}],
-            }
-        )
-        questions.append(
-            {
-                "id": f"q{i}",
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat color is the picture?"},
-                    {"from": "gpt", "value": f"The picture is {name}."},
-                ],
-            }
-        )
-    (folder / "captions.json").write_text(json.dumps(captions))
-    (folder / "questions.json").write_text(json.dumps(questions))
-    return folder / "captions.json", folder / "questions.json"
-
-
-class Weights(TrainerCallback):
-    """The model's weights when training starts and ends."""
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    names = [list(COLOURS)[i % len(COLOURS)] for i in range(n)]
+    captions = [Sample(f"c{i}", "<image>", name, f"{i}.png", COLOURS[name], SIZE) for i, name in enumerate(names)]
+    # the questions ask about the captions' images (drawn once, by the captions)
+    questions = [Sample(f"q{i}", QUESTION, f"The picture is {name}.", f"{i}.png") for i, name in enumerate(names)]
+    return write_llava_data(folder, captions, "captions.json"), write_llava_data(folder, questions, "questions.json")
 
 
 def answer_ranking(model, processor: LlavaKitProcessor, image: Image.Image) -> list[str]:
     """The four colour answers, likeliest first (mean token loss of each answer given the image)."""
     losses = {}
     for colour in COLOURS:
-        encoded = processor.encode_conversation(
-            [
-                {"from": "human", "value": "<image>\nWhat color is the picture?"},
-                {"from": "gpt", "value": f"The picture is {colour}."},
-            ],
-            images=[image],
-        )
+        encoded = processor.encode_conversation(conversation(QUESTION, f"The picture is {colour}."), images=[image])
         with torch.no_grad():
             losses[colour] = model(
                 input_ids=encoded["input_ids"][None],
@@ -87,29 +52,17 @@ def mean(values) -> float:
 
 def test_stage1_then_stage2_on_colours(tmp_path):
     captions, questions = colour_world(tmp_path / "world", 48)
-    common = ["optimization.epochs=3", "output.progress_bar=false", "output.save_total_limit=2"]
-    stage1 = run_training(
-        load_config(
-            CONFIGS / "tiny/pretrain.yaml",
-            [
-                f"data.datasets=[{{path: {captions}}}]",
-                f"output.dir={tmp_path / 'stage1'}",
-                "output.save_steps=6",
-                *common,
-            ],
-        )
-    )
-    watch = Weights()
+    common = ["optimization.epochs=3", "output.save_total_limit=2"]
+    stage1 = run_training(tiny_recipe("pretrain", captions, tmp_path / "stage1", "output.save_steps=6", *common))
+    watch = WeightSnapshots()
     stage2 = run_training(
-        load_config(
-            CONFIGS / "tiny/finetune.yaml",
-            [
-                f"data.datasets=[{{path: {questions}}}]",
-                f"output.dir={tmp_path / 'stage2'}",
-                "output.save_steps=0",
-                f"model.connector_weights={stage1.output_dir}",
-                *common,
-            ],
+        tiny_recipe(
+            "finetune",
+            questions,
+            tmp_path / "stage2",
+            "output.save_steps=0",
+            f"model.connector_weights={stage1.output_dir}",
+            *common,
         ),
         callbacks=[watch],
     )
@@ -151,7 +104,7 @@ def test_stage1_then_stage2_on_colours(tmp_path):
     assert processor.template_name == "vicuna_v1" and processor.num_image_tokens == loaded.config.num_image_tokens
     # and it reads the image: for each colour, the answer naming it is the likeliest of the four
     for name, rgb in COLOURS.items():
-        assert answer_ranking(loaded.eval(), processor, Image.new("RGB", (40, 32), rgb))[0] == name
+        assert answer_ranking(loaded.eval(), processor, Image.new("RGB", SIZE, rgb))[0] == name
 
     # the run folder records the resolved config, the bad-sample report and the loss curve
     assert load_config(tmp_path / "stage2" / CONFIG_NAME) == stage2.config
@@ -177,21 +130,18 @@ def test_backbones_from_local_folders(tmp_path):
     language = LlamaForCausalLM(tiny_text_config(vocab_size=590))  # fewer rows than the tokenizer's 600 ids: grown
     language.save_pretrained(tmp_path / "language")
     captions, _ = colour_world(tmp_path / "world", 8)
-    watch = Weights()
+    watch = WeightSnapshots()
     result = run_training(
-        load_config(
-            CONFIGS / "tiny/pretrain.yaml",
-            [
-                f"model.vision={tmp_path / 'clip'}",
-                f"model.language={tmp_path / 'language'}",
-                f"model.tokenizer={tmp_path / 'tokenizer'}",
-                f"data.datasets=[{{path: {captions}}}]",
-                f"output.dir={tmp_path / 'run'}",
-                "optimization.max_steps=2",
-                "output.save_steps=0",
-                "output.plot=false",
-                "output.progress_bar=false",
-            ],
+        tiny_recipe(
+            "pretrain",
+            captions,
+            tmp_path / "run",
+            f"model.vision={tmp_path / 'clip'}",
+            f"model.language={tmp_path / 'language'}",
+            f"model.tokenizer={tmp_path / 'tokenizer'}",
+            "optimization.max_steps=2",
+            "output.save_steps=0",
+            "output.plot=false",
         ),
         callbacks=[watch],
     )

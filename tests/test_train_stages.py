@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-from transformers import TrainerCallback
 
-from conftest import CONFIGS
-from llavakit.train.config import LoraConfig, StageConfig, TrainConfig, load_config
+from conftest import COLOURS, Sample, WeightSnapshots, tiny_recipe, write_llava_data
+from llavakit.train.config import LoraConfig, StageConfig, TrainConfig
 from llavakit.train.model_setup import build_model_and_processor
 from llavakit.train.recipes import (
     count_parameters,
@@ -24,45 +21,28 @@ from llavakit.train.recipes import (
 from llavakit.train.run import run_training
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
 
 def colour_data(folder: Path, n: int = 16) -> Path:
     """Solid-colour images, each answered by its colour word."""
-    folder.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i in range(n):
-        name = list(COLOURS)[i % len(COLOURS)]
-        Image.new("RGB", (40, 32), COLOURS[name]).save(folder / f"{i}.png")
-        records.append(
-            {
-                "id": f"s{i}",
-                "image": f"{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat color is it?"},
-                    {"from": "gpt", "value": f"It is {name}."},
-                ],
-            }
-        )
-    path = folder / "data.json"
-    path.write_text(json.dumps(records))
-    return path
+    names = [list(COLOURS)[i % len(COLOURS)] for i in range(n)]
+    samples = [
+        Sample(f"s{i}", "<image>\nWhat color is it?", f"It is {name}.", f"{i}.png", COLOURS[name], (40, 32))
+        for i, name in enumerate(names)
+    ]
+    return write_llava_data(folder, samples)
 
 
 def tiny(stage: str, tmp_path: Path, *overrides: str) -> TrainConfig:
-    recipe = "pretrain" if stage == "pretrain" else "finetune"
-    return load_config(
-        CONFIGS / f"tiny/{recipe}.yaml",
-        [
-            f"data.datasets=[{{path: {colour_data(tmp_path / 'data')}}}]",
-            f"output.dir={tmp_path / 'run'}",
-            "model.connector_weights=null",
-            "data.template=vicuna_v1",
-            "output.save_steps=0",
-            "output.plot=false",
-            "output.progress_bar=false",
-            *overrides,
-        ],
+    return tiny_recipe(
+        stage,
+        colour_data(tmp_path / "data"),
+        tmp_path / "run",
+        "model.connector_weights=null",
+        "data.template=vicuna_v1",
+        "output.save_steps=0",
+        "output.plot=false",
+        *overrides,
     )
 
 
@@ -167,15 +147,12 @@ def test_parameter_groups_split_by_part_and_decay():
         part_of("lm_head.weight")
 
 
-class Snapshots(TrainerCallback):
+class Snapshots(WeightSnapshots):
     """Weights at the start and end of training, and the optimizer's groups."""
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        super().on_train_begin(args, state, control, model=model, **kwargs)
         self.groups = {g["name"]: (g["initial_lr"], g["weight_decay"]) for g in optimizer.param_groups}
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def changed_parts(self) -> dict[str, set[str]]:
         changed: dict[str, set[str]] = {}

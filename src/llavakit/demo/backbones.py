@@ -4,7 +4,8 @@ LLaVA starts from a contrastively pretrained vision encoder (CLIP) and a pretrai
 model. The demo makes tiny versions of both on the synthetic world: a transformers
 `CLIPModel` trained with its own contrastive loss on (image, caption) pairs, and a
 transformers causal LM trained on the world's text. Plain loops: a few hundred steps of
-AdamW, with a progress bar and the loss history returned for the plots.
+AdamW on transformers' warmup + cosine schedule, with a progress bar and the loss history
+returned for the plots.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import (
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    get_cosine_schedule_with_warmup,
 )
 
 from llavakit.processing.images import (
@@ -37,13 +39,19 @@ from llavakit.processing.images import (
 
 @dataclass
 class LoopSettings:
-    """How long and how fast one pretraining loop runs."""
+    """How long and how fast one pretraining loop runs; the loop appends each step's loss and rate."""
 
     steps: int
     batch_size: int
     lr: float
     seed: int = 0
     losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+
+    @property
+    def warmup_steps(self) -> int:
+        """The first 5 % of the steps (at least one) warm the rate up."""
+        return max(1, self.steps // 20)
 
 
 def _batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
@@ -60,16 +68,11 @@ def _train_loop(
 ) -> None:
     """AdamW with linear warmup then cosine decay over `settings.steps` batches of model kwargs."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    warmup = max(1, settings.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (
-            min(1.0, (step + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(1.0, step / max(1, settings.steps))))
-        ),
-    )
+    schedule = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
     model.train()
     progress = tqdm(range(settings.steps), desc=description, unit="step")
     for _ in progress:
+        settings.learning_rates.append(optimizer.param_groups[0]["lr"])
         loss = model(**next(batches)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -35,10 +35,10 @@ from llavakit.demo.backbones import (
 from llavakit.demo.settings import DemoSettings
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
 from llavakit.eval.questions import read_questions
+from llavakit.model.build import ModelSpec
 from llavakit.train.config import (
     DataConfig,
     DatasetConfig,
-    ModelConfig,
     OptimizationConfig,
     OutputConfig,
     StageConfig,
@@ -68,8 +68,8 @@ def _peak_memory_mb() -> float:
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
-def _model_section(backbones: Path, **extra: Any) -> ModelConfig:
-    return ModelConfig(
+def _model_section(backbones: Path, **extra: Any) -> ModelSpec:
+    return ModelSpec(
         vision=str(backbones / "clip"),
         language=str(backbones / "language"),
         tokenizer=str(backbones / "tokenizer"),

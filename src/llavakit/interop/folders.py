@@ -1,4 +1,5 @@
-"""Checkpoint folders in and out: weights (model/convert.py) plus the tokenizer and processor files.
+"""Checkpoint folders in and out: weights (transformers_llava.py, transformers_next.py,
+original_llava.py) plus the tokenizer and processor files (processor_export.py).
 
 `import_checkpoint` reads a transformers Llava, LlavaNext or LlavaOnevision folder, or an
 original LLaVA folder, and writes a llavakit checkpoint (model + `LlavaKitProcessor`).
@@ -16,15 +17,18 @@ import json
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
-from transformers.image_utils import PILImageResampling
 
-from llavakit.interop.transformers_llava import (
-    export_to_transformers,
+from llavakit.interop.original_llava import (
     import_original_llava,
-    import_transformers_llava,
     is_original_llava_checkpoint,
     read_original_llava_config,
 )
+from llavakit.interop.processor_export import (
+    save_onevision_processor,
+    transformers_llava_next_processor,
+    transformers_llava_processor,
+)
+from llavakit.interop.transformers_llava import export_to_transformers, import_transformers_llava
 from llavakit.interop.transformers_next import (
     NEXT_MODEL_TYPES,
     export_to_transformers_llava_next,
@@ -132,42 +136,12 @@ def import_checkpoint(
     return model
 
 
-def _onevision_processor_config(processor: LlavaKitProcessor, model: LlavaKitForCausalLM) -> dict:
-    """transformers' LlavaOnevisionProcessor config: built by hand, because the class cannot be
-    instantiated without torchvision (its video processor); a torchvision install loads it."""
-    image = processor.image_config
-    size = {"height": image.size, "width": image.size}
-    return {
-        "processor_class": "LlavaOnevisionProcessor",
-        "image_processor": processor.transformers_image_processor().to_dict(),
-        "video_processor": {
-            "video_processor_type": "LlavaOnevisionVideoProcessor",
-            "size": size,
-            "image_mean": list(image.mean),
-            "image_std": list(image.std),
-            "resample": int(PILImageResampling(int(RESAMPLE_FILTERS[image.resample]))),
-            "rescale_factor": 1 / 255,
-            "do_resize": True,
-            "do_rescale": True,
-            "do_normalize": True,
-            "do_convert_rgb": True,
-            "do_sample_frames": False,
-        },
-        "image_token": processor.image_token,
-        "video_token": processor.video_token,
-        # transformers counts tokens per crop with the CLS, then removes one under 'default'.
-        "num_image_tokens": model.config.feature_side**2
-        + int(model.config.vision_config.model_type in VISION_TYPES_WITH_CLS),
-        "vision_feature_select_strategy": model.config.vision_feature_select_strategy,
-        "vision_aspect_ratio": model.config.image_mode,
-    }
-
-
 def _export_next(model: LlavaKitForCausalLM, processor: LlavaKitProcessor, output: Path) -> None:
     exported = export_to_transformers_llava_next(model)  # raises for settings transformers cannot represent
     vision = model.config.vision_config
     if exported.config.model_type == "llava_next":
-        hf_processor = processor.to_transformers_next(
+        hf_processor = transformers_llava_next_processor(
+            processor,
             patch_size=vision.patch_size,
             vision_feature_select_strategy=model.config.vision_feature_select_strategy,
             num_additional_image_tokens=int(vision.model_type in VISION_TYPES_WITH_CLS),
@@ -176,16 +150,7 @@ def _export_next(model: LlavaKitForCausalLM, processor: LlavaKitProcessor, outpu
         hf_processor.save_pretrained(output)
         return
     exported.save_pretrained(output)
-    tokenizer = processor.tokenizer
-    previous = tokenizer.chat_template
-    tokenizer.chat_template = processor.template.chat_template
-    try:
-        tokenizer.save_pretrained(output)
-    finally:
-        tokenizer.chat_template = previous
-    config = _onevision_processor_config(processor, model)
-    (output / "processor_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (output / "chat_template.jinja").write_text(processor.template.chat_template)
+    save_onevision_processor(processor, model.config, output)
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
@@ -203,7 +168,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
     exported = export_to_transformers(model)  # raises for connectors transformers cannot represent
     vision = model.config.vision_config
     has_cls = vision.model_type in VISION_TYPES_WITH_CLS
-    hf_processor = processor.to_transformers(
+    hf_processor = transformers_llava_processor(
+        processor,
         patch_size=vision.patch_size,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         num_additional_image_tokens=int(has_cls),

@@ -32,13 +32,12 @@ from transformers import (
     PreTrainedModel,
 )
 
+from llavakit.interop.keys import StateDict, rename
+from llavakit.interop.loading import check_text_layout, load_strict
 from llavakit.interop.transformers_llava import (
-    _check_text_layout,
-    _load_strict,
+    LLAVA_KEYS,
     llavakit_fields_from_transformers,
-    llavakit_state_dict_from_transformers,
     transformers_fields_from_llavakit,
-    transformers_state_dict_from_llavakit,
 )
 from llavakit.model import anyres
 from llavakit.model.configuration import LlavaKitConfig
@@ -49,6 +48,8 @@ logger = logging.getLogger(__name__)
 NEXT_MODEL_TYPES = ("llava_next", "llava_onevision")
 _NEWLINE_TRANSFORMERS = "model.image_newline"
 _NEWLINE_LLAVAKIT = "image_newline"
+# LlavaNext and LlavaOnevision weights: Llava's plus the newline vector; both directions derive from it.
+NEXT_KEYS = LLAVA_KEYS.extended((_NEWLINE_LLAVAKIT, _NEWLINE_TRANSFORMERS))
 _EXPORTABLE_CONNECTOR = "mlp2x_gelu"
 # OneVision's fixed video recipe in transformers: 2x2 bilinear pooling, one newline per video.
 _ONEVISION_VIDEO = {"video_pool_mode": "bilinear", "video_pool_stride": 2, "video_newline": "one_token"}
@@ -145,28 +146,20 @@ def transformers_config_from_llavakit_next(config: LlavaKitConfig) -> NextConfig
 # ---------------------------------------------------------------- state dicts
 
 
-def llavakit_state_dict_from_transformers_next(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def llavakit_state_dict_from_transformers_next(state_dict: StateDict) -> StateDict:
     """Rename a LlavaNext / LlavaOnevision state dict to llavakit keys (tensors shared; unknown keys raise)."""
-    rest = dict(state_dict)
-    newline = rest.pop(_NEWLINE_TRANSFORMERS, None)
-    if newline is None:
+    if _NEWLINE_TRANSFORMERS not in state_dict:
         raise ValueError(f"the state dict has no {_NEWLINE_TRANSFORMERS}: not a LlavaNext / LlavaOnevision checkpoint")
-    renamed = llavakit_state_dict_from_transformers(rest)
-    renamed[_NEWLINE_LLAVAKIT] = newline
-    return renamed
+    return rename(state_dict, NEXT_KEYS.to_llavakit(), "transformers LlavaNext / LlavaOnevision")
 
 
-def transformers_next_state_dict_from_llavakit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def transformers_next_state_dict_from_llavakit(state_dict: StateDict) -> StateDict:
     """Rename a high-resolution llavakit state dict (mlp2x_gelu, image_newline) to LlavaNext / LlavaOnevision keys."""
-    rest = dict(state_dict)
-    newline = rest.pop(_NEWLINE_LLAVAKIT, None)
-    if newline is None:
+    if _NEWLINE_LLAVAKIT not in state_dict:
         raise ValueError(
             "the llavakit state dict has no image_newline (a model whose images carry newline vectors has one)"
         )
-    renamed = transformers_state_dict_from_llavakit(rest)
-    renamed[_NEWLINE_TRANSFORMERS] = newline
-    return renamed
+    return rename(state_dict, NEXT_KEYS.from_llavakit(), "llavakit")
 
 
 # ---------------------------------------------------------------- models
@@ -192,7 +185,7 @@ def import_transformers_llava_next(
         source = _transformers_class(model_type).from_pretrained(source, dtype=dtype)
     config = llavakit_config_from_transformers_next(source.config)
     state_dict = llavakit_state_dict_from_transformers_next(source.state_dict())
-    return _load_strict(LlavaKitForCausalLM, config, state_dict, dtype or source.dtype)
+    return load_strict(LlavaKitForCausalLM, config, state_dict, dtype or source.dtype)
 
 
 def export_to_transformers_llava_next(model: LlavaKitForCausalLM) -> NextModel:
@@ -201,7 +194,7 @@ def export_to_transformers_llava_next(model: LlavaKitForCausalLM) -> NextModel:
 
     Raises a ValueError naming every setting transformers cannot represent.
     """
-    _check_text_layout(model.language_model)
+    check_text_layout(model.language_model)
     config = transformers_config_from_llavakit_next(model.config)
     state_dict = transformers_next_state_dict_from_llavakit(model.state_dict())
-    return _load_strict(_transformers_class(config.model_type), config, state_dict, model.dtype)
+    return load_strict(_transformers_class(config.model_type), config, state_dict, model.dtype)

@@ -1,14 +1,22 @@
-"""Compose a LLaVA model from named parts: a vision encoder, a connector and a language model.
+"""What a LLaVA model is made of (`ModelSpec`), and the model built from it.
 
-Each backbone is given either as a transformers config (a tiny random model, built in
-milliseconds) or as a hub name / local folder loaded with `from_pretrained`, so the same
-spec serves tests, the demo and a 7B recipe. A full CLIP/SigLIP checkpoint (text + vision)
-is fine: only its vision half is loaded.
+A vision encoder, a connector and a language model. Each backbone is given either as a
+transformers config (a tiny random model, built in milliseconds) or as a hub name / local
+folder loaded with `from_pretrained`, so the same spec serves tests, the demo and a 7B recipe.
+A full CLIP/SigLIP checkpoint (text + vision) is fine: only its vision half is loaded.
+
+`ModelSpec` is the one schema of a model: the `model` section of a training recipe and the
+files in configs/models/ are both read into it through `model_spec_layers`. A spec mapping may
+include a spec file by path (`spec: configs/models/x.yaml`): the file's values are the base, the
+mapping's own keys replace them. `model_config(spec)` gives a spec's `LlavaKitConfig` (shapes
+only); `build_model(spec)` the model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +29,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from llavakit.config_files import Layer, load_structured, read_yaml, union_field
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.modeling import LlavaKitForCausalLM
 
@@ -32,20 +41,165 @@ _VISION_CLASSES = {
     "siglip_vision_model": SiglipVisionModel,
 }
 
+# The key of a spec mapping that includes a spec file (its values are the base).
+INCLUDE_KEY = "spec"
+
 Part = str | dict[str, Any] | PreTrainedConfig
+
+
+def _is_part(value: Any) -> bool:
+    return value is None or isinstance(value, (str, Mapping, PreTrainedConfig))
+
+
+def _is_layers(value: Any) -> bool:
+    def is_int(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    return is_int(value) or (isinstance(value, list) and bool(value) and all(is_int(item) for item in value))
+
+
+def _is_pinpoints(value: Any) -> bool:
+    if value is None or isinstance(value, str):
+        return True
+    if not isinstance(value, (list, tuple)):
+        return False
+    pairs = all(isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in value)
+    return pairs and all(isinstance(side, int) and not isinstance(side, bool) for pair in value for side in pair)
+
+
+_PART = "a hub name, a folder or a config mapping with a model_type"
 
 
 @dataclass
 class ModelSpec:
-    """What a LLaVA model is made of; `vision` / `language` are a name or path, a config or a config dict."""
+    """What a LLaVA model is made of (see configs/README.md and `LlavaKitConfig` for every field).
 
-    vision: Part
-    language: Part
-    image_token_id: int
+    `vision` / `language`: a hub name or local folder (pretrained weights), or a config mapping
+    with a `model_type` key (random weights; shapes only), or a transformers config.
+    `tokenizer`: a hub name or folder, `tiny` for the in-process tiny tokenizer, or null for the
+    language model's (training only). `image_token_id` / `video_token_id`: ids of `image_token` /
+    `video_token`; null takes them from the tokenizer (training), `build_model` needs them given.
+    `video_token`: null for no video input. The grid and video fields are `LlavaKitConfig`'s.
+    `checkpoint`: start from a saved llavakit model folder instead (its processor too; training).
+    `connector_weights`: a stage-1 run folder (or its `trainable.safetensors`) loaded after
+    building, as LLaVA's `--pretrain_mm_mlp_adapter` (training).
+    `name`: documentation only (the model a spec file describes), recorded with the run.
+    """
+
+    name: str | None = None
+    vision: Any = union_field(None, _is_part, _PART)
+    language: Any = union_field(None, _is_part, _PART)
+    tokenizer: str | None = None
     connector: str = "mlp2x_gelu"
-    vision_feature_layer: int | list[int] = -2
+    vision_feature_layer: Any = union_field(-2, _is_layers, "an integer or a list of integers")
     vision_feature_select_strategy: str = "default"
+    image_token: str = "<image>"
+    image_token_id: int | None = None
+    video_token: str | None = None
+    video_token_id: int | None = None
+    image_mode: str = "fixed"
+    image_grid_pinpoints: Any = union_field(
+        None, _is_pinpoints, "a list of [height, width] pairs or a string such as '(1x1),...,(6x6)'"
+    )
+    hd_max_cells: int = 6
+    use_image_newline: bool | None = None
+    image_base_first: bool | None = None
+    multi_image_base_only: bool | None = None
+    video_pool_mode: str = "bilinear"
+    video_pool_stride: int = 2
+    video_newline: str = "one_token"
+    checkpoint: str | None = None
+    connector_weights: str | None = None
     dtype: str | None = None
+    attn_implementation: str | None = None
+
+
+# ---- spec files --------------------------------------------------------------------------------
+
+
+def model_spec_layers(data: Mapping[str, Any], source: Path, seen: tuple[Path, ...] = ()) -> list[Layer]:
+    """A spec mapping as merge layers: the spec file it includes (recursively) first, then its own keys.
+
+    A relative include is looked up beside `source` first, then in the working directory.
+    """
+    own = dict(data)
+    include = own.pop(INCLUDE_KEY, None)
+    if include is None:
+        return [(source, own)]
+    path = _include_path(include, source)
+    if path.resolve() in seen:
+        raise ValueError(f"{source}: model spec {path} includes itself")
+    included = model_spec_layers(read_yaml(path, "model spec"), path, (*seen, path.resolve()))
+    return [*included, (source, own)]
+
+
+def _include_path(value: Any, source: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{source}: '{INCLUDE_KEY}' must be the path of a model spec YAML, got {value!r}")
+    candidates = [Path(value)] if Path(value).is_absolute() else [source.parent / value, Path.cwd() / value]
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = " or ".join(str(path) for path in candidates)
+    raise ValueError(f"{source}: the included model spec {value!r} does not exist (looked for {looked})")
+
+
+def load_model_spec(path: str | Path, overrides: list[str] | None = None) -> ModelSpec:
+    """A model spec YAML (configs/models/*.yaml) as a `ModelSpec`; unknown keys and bad values raise."""
+    path = Path(path)
+    return load_structured(ModelSpec, model_spec_layers(read_yaml(path, "model spec"), path), overrides or [])
+
+
+# ---- configs -----------------------------------------------------------------------------------
+
+
+def model_config(spec: ModelSpec) -> LlavaKitConfig:
+    """The `LlavaKitConfig` of `spec`: shapes only, no weights (a named backbone's config.json is read)."""
+    return llava_config(spec, _vision_config(_part_config(spec.vision)), _part_config(spec.language))
+
+
+def llava_config(spec: ModelSpec, vision: PreTrainedConfig, text: PreTrainedConfig) -> LlavaKitConfig:
+    """The backbones' configs with the choices `spec` makes between them."""
+    return LlavaKitConfig(
+        vision_config=vision,
+        text_config=text,
+        connector=spec.connector,
+        vision_feature_layer=spec.vision_feature_layer,
+        vision_feature_select_strategy=spec.vision_feature_select_strategy,
+        image_mode=spec.image_mode,
+        image_grid_pinpoints=spec.image_grid_pinpoints,
+        hd_max_cells=spec.hd_max_cells,
+        use_image_newline=spec.use_image_newline,
+        image_base_first=spec.image_base_first,
+        multi_image_base_only=spec.multi_image_base_only,
+        video_pool_mode=spec.video_pool_mode,
+        video_pool_stride=spec.video_pool_stride,
+        video_newline=spec.video_newline,
+        **_token_ids(spec),
+    )
+
+
+def _token_ids(spec: ModelSpec) -> dict[str, int | None]:
+    if spec.image_token_id is None:
+        raise ValueError(f"the model spec needs image_token_id: the tokenizer's id of {spec.image_token!r}")
+    if (spec.video_token is None) != (spec.video_token_id is None):
+        raise ValueError(
+            "video input needs both video_token and video_token_id (the tokenizer's id of the token); "
+            f"got video_token={spec.video_token!r}, video_token_id={spec.video_token_id!r}"
+        )
+    return {"image_token_id": spec.image_token_id, "video_token_id": spec.video_token_id}
+
+
+def _part_config(part: Part | None) -> PreTrainedConfig:
+    if part is None:
+        raise ValueError("the model spec needs both vision and language")
+    return AutoConfig.from_pretrained(part) if isinstance(part, str) else _as_config(part)
+
+
+def _vision_config(config: PreTrainedConfig) -> PreTrainedConfig:
+    """The vision half of a full CLIP/SigLIP config; a vision config as it is."""
+    vision = getattr(config, "vision_config", None)
+    return vision if vision is not None else config
 
 
 def _as_config(part: dict[str, Any] | PreTrainedConfig) -> PreTrainedConfig:
@@ -69,9 +223,7 @@ def load_vision_encoder(part: Part, dtype: torch.dtype | None = None) -> PreTrai
     if isinstance(part, str):
         model_type = AutoConfig.from_pretrained(part).model_type
         return _vision_class(model_type).from_pretrained(part, dtype=dtype)
-    config = _as_config(part)
-    if hasattr(config, "vision_config") and config.vision_config is not None:
-        config = config.vision_config
+    config = _vision_config(_as_config(part))
     return _vision_class(config.model_type)._from_config(config, dtype=dtype)
 
 
@@ -84,23 +236,19 @@ def load_language_model(part: Part, dtype: torch.dtype | None = None) -> PreTrai
 
 def compose_model(spec: ModelSpec, vision: PreTrainedModel, language: PreTrainedModel) -> LlavaKitForCausalLM:
     """Wrap loaded backbones with a fresh connector; the config is read off the backbones."""
-    config = LlavaKitConfig(
-        vision_config=vision.config,
-        text_config=language.config,
-        connector=spec.connector,
-        vision_feature_layer=spec.vision_feature_layer,
-        vision_feature_select_strategy=spec.vision_feature_select_strategy,
-        image_token_id=spec.image_token_id,
-    )
+    config = llava_config(spec, vision.config, language.config)
     return LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
 
 
 def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:
     """Load or build both backbones, then wrap them with a fresh connector."""
+    ids = [token_id for token_id in _token_ids(spec).values() if token_id is not None]
+    if spec.vision is None or spec.language is None:
+        raise ValueError("the model spec needs both vision and language")
     dtype = getattr(torch, spec.dtype) if spec.dtype else None
     vision = load_vision_encoder(spec.vision, dtype)
     language = load_language_model(spec.language, dtype)
-    if spec.image_token_id >= language.config.vocab_size:
-        language.resize_token_embeddings(spec.image_token_id + 1)
+    if max(ids) >= language.config.vocab_size:
+        language.resize_token_embeddings(max(ids) + 1)
     model = compose_model(spec, vision, language)
     return model.to(dtype) if dtype else model

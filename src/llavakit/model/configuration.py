@@ -1,4 +1,6 @@
-"""`LlavaKitConfig`: what a LLaVA model is made of, saved as `config.json` beside its weights.
+"""`LlavaKitConfig`: a built model's config, saved as `config.json` beside its weights.
+
+(What a model is built from, backbones named or as config mappings, is `llavakit.model.build.ModelSpec`.)
 
 A composite transformers config: the vision tower's config, the language model's config,
 and the few choices LLaVA adds between them (connector, feature layer, feature strategy,
@@ -13,10 +15,6 @@ both read these fields and count tokens with the same functions of `llavakit.mod
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import yaml
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -112,11 +110,6 @@ class LlavaKitConfig(PreTrainedConfig):
             )
         if mode != "fixed":
             _ = self.grid_pinpoints  # parses and checks the canvases
-
-    @property
-    def num_feature_layers(self) -> int:
-        layers = self.vision_feature_layer
-        return 1 if isinstance(layers, int) else len(layers)
 
     @property
     def num_image_tokens(self) -> int:
@@ -217,43 +210,3 @@ class LlavaKitConfig(PreTrainedConfig):
             stride=self.video_pool_stride,
             newline=self.video_newline,
         )
-
-
-# Keys of a model spec file (configs/models/*.yaml) besides `config`: documentation for people
-# and tools (hub names of the published weights, the conversation template), not model fields.
-MODEL_SPEC_KEYS = ("name", "pretrained", "template", "config")
-
-
-def read_model_spec(path: str | Path) -> dict[str, Any]:
-    """A model spec YAML as a dict, checked: a `config` mapping plus the optional `MODEL_SPEC_KEYS`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model spec {path} does not exist")
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
-        raise ValueError(f"model spec {path} must be a mapping with a 'config' mapping (LlavaKitConfig fields)")
-    unknown = sorted(set(spec) - set(MODEL_SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"model spec {path} has unknown keys {unknown}; allowed: {list(MODEL_SPEC_KEYS)}")
-    return spec
-
-
-def load_model_config(path: str | Path) -> LlavaKitConfig:
-    """The `LlavaKitConfig` of a model spec YAML (configs/models/*.yaml): shapes only, no weights.
-
-    `vision_config` / `text_config` are mappings with a `model_type`; the other keys are
-    `LlavaKitConfig` fields. A field the config does not declare raises, so a typo in a spec
-    never silently falls back to a default.
-    """
-    spec = read_model_spec(path)
-    fields = dict(spec["config"])
-    unknown = sorted(set(fields) - set(LlavaKitConfig.__annotations__) - {"vision_config", "text_config"})
-    if unknown:
-        raise ValueError(f"model spec {path}: {unknown} are not LlavaKitConfig fields")
-    for part in ("vision_config", "text_config"):
-        values = dict(fields.get(part) or {})
-        model_type = values.pop("model_type", None)
-        if model_type is None:
-            raise ValueError(f"model spec {path}: {part} needs a model_type")
-        fields[part] = AutoConfig.for_model(model_type, **values)
-    return LlavaKitConfig(**fields)

@@ -180,17 +180,6 @@ def _resize(source: Image.Image | torch.Tensor, height: int, width: int, config:
     return source[0].permute(1, 2, 0).numpy()
 
 
-def resize_pixels(
-    image: Image.Image, height: int, width: int, config: ImageProcessingConfig, backend: str = "pil"
-) -> np.ndarray:
-    """`(height, width, 3)` uint8: an RGB image resized with the config's filter (no resize when the size already fits).
-
-    `pil` is PIL's resize (what transformers' PIL processors call); `torch` runs torch's
-    antialiased uint8 kernel on a channels-last view, the one torchvision's resize uses.
-    """
-    return _resize(_resize_source(image, config, backend), height, width, config)
-
-
 def _normalized_square(source, config: ImageProcessingConfig, table: np.ndarray) -> np.ndarray:
     out = np.empty((3, config.size, config.size), dtype=np.float32)
     _normalize_into(out, _resize(source, config.size, config.size, config), table)
@@ -270,25 +259,3 @@ def preprocess_highres_batch(
         return [preprocess_highres(image, highres, config, base_only) for image in images]
     with ThreadPoolExecutor(min(workers, len(images))) as pool:
         return list(pool.map(lambda image: preprocess_highres(image, highres, config, base_only), images))
-
-
-def transformers_image_processor(highres: HighResConfig, config: ImageProcessingConfig):
-    """The transformers image processor (PIL backend) that gives the same pixels and sizes:
-    `LlavaOnevisionImageProcessorPil` for `anyres_max_N`, `LlavaNextImageProcessorPil` otherwise."""
-    from transformers.models.llava_next.image_processing_pil_llava_next import (
-        LlavaNextImageProcessorPil,
-    )
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
-
-    size = config.size
-    common = dict(
-        image_grid_pinpoints=[list(p) for p in highres.grid_pinpoints],
-        image_mean=list(config.mean),
-        image_std=list(config.std),
-        resample=int(RESAMPLE_FILTERS[config.resample]),
-    )
-    if highres.mode.startswith("anyres_max_"):
-        return LlavaOnevisionImageProcessorPil(size={"height": size, "width": size}, **common)
-    return LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common)

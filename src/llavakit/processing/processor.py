@@ -5,7 +5,7 @@ Training (`encode_conversation`: ids + labels on answers only), evaluation and s
 recipe and `<image>` expansion, so preprocessing never drifts between them. Each `<image>`
 in the text becomes `num_image_tokens` copies of the image token id, as transformers'
 `LlavaProcessor` does; `__call__` gives the same ids and pixels as that class (tested), and
-`to_transformers()` builds one for exported checkpoints.
+`llavakit.interop.processor_export` builds one for exported checkpoints.
 
 High resolution and video (`LlavaKitConfig.image_mode` other than `fixed`, `video_token_id`):
 each image becomes its base image plus the crops of its best canvas
@@ -38,26 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (
-    AutoTokenizer,
-    BatchFeature,
-    LlavaNextProcessor,
-    LlavaProcessor,
-    PreTrainedTokenizerBase,
-)
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+from transformers import AutoTokenizer, BatchFeature, PreTrainedTokenizerBase
 
 from llavakit.model.configuration import LlavaKitConfig
-from llavakit.processing.highres import (
-    HighResConfig,
-    preprocess_highres,
-    transformers_image_processor,
-)
+from llavakit.processing.highres import HighResConfig, preprocess_highres
 from llavakit.processing.images import (
     CLIP_MEAN,
     CLIP_STD,
-    RESAMPLE_FILTERS,
     ImageProcessingConfig,
     ImageSource,
     load_image,
@@ -173,8 +160,9 @@ class LlavaKitProcessor:
         if len(ids) != 1 or image_token not in tokenizer.get_added_vocab():
             raise ValueError(
                 f"the {what} token {image_token!r} must be a single added token of the tokenizer (it encodes to "
-                f"{ids}); add it with tokenizer.add_special_tokens({{'extra_special_tokens': [{image_token!r}]}}) "
-                "and resize the model's embeddings"
+                f"{ids}); add it with llavakit.prepare_tokenizer(tokenizer, {image_token!r}) (or "
+                f"tokenizer.add_special_tokens({{'extra_special_tokens': [{image_token!r}]}}, "
+                "replace_extra_special_tokens=False)) and resize the model's embeddings"
             )
         return ids[0]
 
@@ -514,7 +502,7 @@ class LlavaKitProcessor:
         encoded.update({key: torch.from_numpy(value) for key, value in visual.items()})
         return encoded
 
-    # ---- persistence and export ------------------------------------------------------------
+    # ---- persistence ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -559,75 +547,6 @@ class LlavaKitProcessor:
             highres=HighResConfig.from_dict(data["highres"]) if data.get("highres") else None,
             video=VideoConfig.from_dict(data["video"]) if data.get("video") else None,
             video_token=data.get("video_token", "<video>"),
-        )
-
-    def to_transformers(
-        self, patch_size: int, vision_feature_select_strategy: str, num_additional_image_tokens: int
-    ) -> LlavaProcessor:
-        """The equivalent transformers `LlavaProcessor` (same ids, same pixels, same chat template)."""
-        if self.highres is not None or self.video is not None:
-            raise ValueError(
-                "a high-resolution or video processor has no LlavaProcessor form; use to_transformers_next()"
-            )
-        size = self.image_config.size
-        tokens = (size // patch_size) ** 2 + num_additional_image_tokens
-        tokens -= int(vision_feature_select_strategy == "default")
-        if tokens != self.num_image_tokens:
-            raise ValueError(
-                f"a LlavaProcessor with patch_size={patch_size}, strategy={vision_feature_select_strategy!r} and "
-                f"{num_additional_image_tokens} additional token(s) would emit {tokens} image tokens, "
-                f"this processor emits {self.num_image_tokens}"
-            )
-        image_kwargs = dict(
-            size={"shortest_edge": size},
-            crop_size={"height": size, "width": size},
-            image_mean=list(self.image_config.mean),
-            image_std=list(self.image_config.std),
-            resample=int(RESAMPLE_FILTERS[self.image_config.resample]),
-        )
-        if self.image_config.mode == "pad":
-            image_processor = LlavaImageProcessorPil(do_pad=True, **image_kwargs)
-        else:
-            image_processor = CLIPImageProcessorPil(**image_kwargs)
-        return LlavaProcessor(
-            image_processor=image_processor,
-            tokenizer=self.tokenizer,
-            patch_size=patch_size,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            chat_template=self.template.chat_template,
-            image_token=self.image_token,
-            num_additional_image_tokens=num_additional_image_tokens,
-        )
-
-    def transformers_image_processor(self):
-        """The transformers PIL image processor giving this processor's grid-mode pixels and image_sizes:
-        `LlavaNextImageProcessorPil` (`hd`, `anyres`) or `LlavaOnevisionImageProcessorPil` (`anyres_max_N`)."""
-        if self.highres is None:
-            raise ValueError("a fixed-resolution processor exports through to_transformers()")
-        return transformers_image_processor(self.highres, self.image_config)
-
-    def to_transformers_next(
-        self, patch_size: int, vision_feature_select_strategy: str, num_additional_image_tokens: int
-    ) -> LlavaNextProcessor:
-        """The equivalent transformers `LlavaNextProcessor` of an `hd` / `anyres` processor.
-
-        Same ids, pixels and template.
-
-        OneVision's processor needs transformers' torchvision video processor; write its folder
-        with `llavakit.interop.export_checkpoint` instead.
-        """
-        if self.highres is None or self.highres.mode not in ("hd", "anyres") or self.video is not None:
-            raise ValueError("only an hd / anyres processor without video has a LlavaNextProcessor form")
-        if self.highres.multi_image_base_only or not self.highres.newline:
-            raise ValueError("LlavaNextProcessor gives every image its grid and row-end newlines")
-        return LlavaNextProcessor(
-            image_processor=self.transformers_image_processor(),
-            tokenizer=self.tokenizer,
-            patch_size=patch_size,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            chat_template=self.template.chat_template,
-            image_token=self.image_token,
-            num_additional_image_tokens=num_additional_image_tokens,
         )
 
 

@@ -1,13 +1,14 @@
 """Conversation templates: a conversation becomes one prompt string plus the spans that carry loss.
 
 LLaVA-family models are tuned with one fixed prompt format; training, evaluation and serving
-must render it identically or quality quietly drops. Each template here does three things:
+must render it identically or quality quietly drops. Each template is written once, as a Jinja
+chat template (`chat_template`), with every answer's labelled text in a `{% generation %}` block:
 
-* `render(conversation)` gives the text and the character spans of every assistant answer
-  (with its end token / separator): the processor puts labels on exactly the tokens there;
-* `chat_template` is the same format as a Jinja string, so a processor exported to
-  transformers (and vLLM / SGLang behind it) formats prompts identically; answers sit in
-  `{% generation %}` blocks, so transformers' `return_assistant_tokens_mask` agrees too;
+* `render(conversation)` runs that Jinja through transformers' renderer, which records the
+  character spans of the generation blocks: the text and the spans of every assistant answer
+  (with its end token / separator), on whose tokens the processor puts labels;
+* a processor exported to transformers (and vLLM / SGLang behind it) carries the same Jinja,
+  so it formats prompts identically, and transformers' `return_assistant_tokens_mask` agrees;
 * `stop_token` is what ends an answer at generation time.
 
 No template writes a BOS: the tokenizer adds its own (`<s>` for Llama-2/Vicuna,
@@ -24,10 +25,12 @@ Keys are exact: `plain`, `vicuna_v1` (alias `llava_v1`), `chatml` (alias `qwen`)
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from jinja2.exceptions import TemplateError
+from transformers.utils.chat_template_utils import render_jinja_template
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -117,38 +120,82 @@ def normalize_conversation(conversation: Sequence[Mapping[str, Any]], sample_id:
     return turns
 
 
-def _lit(text: str) -> str:
+def _literal(text: str) -> str:
     """`text` as a Jinja string literal (JSON quoting is valid Jinja)."""
     return json.dumps(text)
 
 
-# Jinja macro shared by every chat_template: chat-form content to text, as `_content_text` does.
-_JINJA_CONTENT = (
-    "{%- macro content_text(content) -%}"
-    "{%- if content is string -%}{{- content -}}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if not loop.first -%}{{- '\\n' -}}{%- endif -%}"
-    "{%- if part['type'] == 'image' -%}{{- " + _lit(IMAGE_PLACEHOLDER) + " -}}"
-    "{%- else -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-)
+# Chat-form content to text, as `_content_text` does (transformers users pass chat-form messages);
+# IMAGE stands for the placeholder's literal.
+_CONTENT_MACRO = (
+    r"""{%- macro content_text(content) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- else -%}
+        {%- for part in content -%}
+            {%- if not loop.first -%}{{- '\n' -}}{%- endif -%}
+            {%- if part['type'] == 'image' -%}{{- IMAGE -}}{%- else -%}{{- part['text'] -}}{%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+"""
+).replace("IMAGE", _literal(IMAGE_PLACEHOLDER))
 
 
-def _jinja_system(default: str) -> str:
-    """Jinja that sets `system` (the first message's, else `default`) and `loop_messages`."""
+def _system_prelude(name: str, default_system: str | None) -> str:
+    """Jinja that sets `system` (the first message's, else the default) and `loop_messages`.
+
+    A template without a system prompt refuses a system message instead of dropping it.
+    """
+    if default_system is None:
+        refusal = _literal(f"the {name} template has no system prompt; drop the system message")
+        return (
+            "{%- if messages[0]['role'] == 'system' -%}{{- raise_exception(" + refusal + ") -}}{%- endif -%}\n"
+            "{%- set loop_messages = messages -%}\n"
+        )
     return (
-        "{%- if messages[0]['role'] == 'system' -%}"
-        "{%- set system = content_text(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}"
-        "{%- else -%}{%- set system = " + _lit(default) + " -%}{%- set loop_messages = messages -%}{%- endif -%}"
+        "{%- if messages[0]['role'] == 'system' -%}\n"
+        "    {%- set system = content_text(messages[0]['content']) -%}{%- set loop_messages = messages[1:] -%}\n"
+        "{%- else -%}\n"
+        "    {%- set system = " + _literal(default_system) + " -%}{%- set loop_messages = messages -%}\n"
+        "{%- endif -%}\n"
     )
 
 
-class ConversationTemplate(ABC):
-    """A prompt format. Subclasses list the pieces of text and say which carry labels."""
+def _merged(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Non-empty spans, adjacent ones joined (answers with nothing between them label as one run)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if end <= start:
+            continue
+        if merged and merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+class ConversationTemplate:
+    """A prompt format, written once as Jinja.
+
+    Subclasses set `name`, `system` (the default system prompt, None when the format has
+    none), `stop_token` and `body`: the Jinja over `loop_messages` (and `system`), with each
+    answer's labelled text inside a `{% generation %}` block; the macro `content_text(content)`
+    turns chat-form content into text. `chat_template` is the whole Jinja template; `render`
+    runs it through transformers' renderer, which records the generation blocks' character
+    spans, so labels and exported prompts cannot disagree. Keep generation blocks outside
+    macros and `{% set %}` blocks: the renderer measures a span from the text emitted so far.
+    """
 
     name: str
+    system: str | None = None
     stop_token: str | None = None
+    body: str
+
+    @property
+    def chat_template(self) -> str:
+        """The format as a Jinja chat template over chat-form messages (what exported tokenizers carry)."""
+        return _CONTENT_MACRO + _system_prelude(self.name, self.system) + self.body
 
     def render(
         self, conversation: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False, sample_id: Any = None
@@ -159,28 +206,17 @@ class ConversationTemplate(ABC):
             raise ValueError(
                 f"{_where(sample_id)}add_generation_prompt needs a conversation that ends with a user turn"
             )
-        system = turns[0].text if turns[0].role == "system" else None
-        dialogue = turns[1:] if system is not None else turns
-        text, spans = "", []
-        for piece, labelled in self.pieces(system, dialogue, add_generation_prompt, sample_id):
-            if labelled and piece:
-                if spans and spans[-1][1] == len(text):
-                    spans[-1] = (spans[-1][0], len(text) + len(piece))
-                else:
-                    spans.append((len(text), len(text) + len(piece)))
-            text += piece
-        return RenderedConversation(text=text, answer_spans=spans)
-
-    @abstractmethod
-    def pieces(
-        self, system: str | None, dialogue: list[Turn], add_generation_prompt: bool, sample_id: Any
-    ) -> list[tuple[str, bool]]:
-        """(text, carries_labels) pieces in order."""
-
-    @property
-    @abstractmethod
-    def chat_template(self) -> str:
-        """The same format as a Jinja chat template over chat-form messages."""
+        messages = [{"role": turn.role, "content": turn.text} for turn in turns]
+        try:
+            texts, spans = render_jinja_template(
+                [messages],
+                chat_template=self.chat_template,
+                return_assistant_tokens_mask=True,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except TemplateError as error:
+            raise ValueError(f"{_where(sample_id)}{error}") from error
+        return RenderedConversation(text=texts[0], answer_spans=_merged(spans[0]))
 
 
 # Exact keys (aliases included) -> template instance. Add one with `@register_template("name", ...)`.
@@ -191,6 +227,8 @@ def register_template(*names: str) -> Callable[[type[ConversationTemplate]], typ
     """Class decorator: register one instance of the template under each exact key in `names`."""
 
     def decorator(cls: type[ConversationTemplate]) -> type[ConversationTemplate]:
+        if not isinstance(getattr(cls, "body", None), str):
+            raise TypeError(f"{cls.__name__} needs a Jinja `body` to be a conversation template")
         instance = cls()
         for name in names:
             if name in TEMPLATES:
@@ -206,29 +244,16 @@ class PlainTemplate(ConversationTemplate):
     """LLaVA stage-1 alignment: `<image>` placeholders, then the caption and "\\n" (labelled)."""
 
     name = "plain"
-
-    def pieces(self, system, dialogue, add_generation_prompt, sample_id):
-        if system is not None:
-            raise ValueError(f"{_where(sample_id)}the plain template has no system prompt; drop the system message")
-        pieces = []
-        for turn in dialogue:
-            if turn.role == "user":
-                pieces.append((IMAGE_PLACEHOLDER * turn.text.count(IMAGE_PLACEHOLDER), False))
-            else:
-                pieces.append((turn.text + "\n", True))
-        return pieces
-
-    @property
-    def chat_template(self) -> str:
-        return (
-            _JINJA_CONTENT + "{%- for message in messages -%}"
-            "{%- if message['role'] == 'user' -%}"
-            "{{- " + _lit(IMAGE_PLACEHOLDER) + " * content_text(message['content'])"
-            ".count(" + _lit(IMAGE_PLACEHOLDER) + ") -}}"
-            "{%- elif message['role'] == 'assistant' -%}"
-            "{%- generation -%}{{- content_text(message['content']) + '\\n' -}}{%- endgeneration -%}"
-            "{%- endif -%}{%- endfor -%}"
-        )
+    body = (
+        r"""{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- IMAGE * content_text(message['content']).count(IMAGE) -}}
+    {%- else -%}
+        {%- generation -%}{{- content_text(message['content']) + '\n' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+"""
+    ).replace("IMAGE", _literal(IMAGE_PLACEHOLDER))
 
 
 @register_template("vicuna_v1", "llava_v1")
@@ -241,29 +266,17 @@ class VicunaTemplate(ConversationTemplate):
         "A chat between a curious user and an artificial intelligence assistant. "
         "The assistant gives helpful, detailed, and polite answers to the user's questions."
     )
-
-    def pieces(self, system, dialogue, add_generation_prompt, sample_id):
-        pieces = [((self.system if system is None else system) + " ", False)]
-        for turn in dialogue:
-            if turn.role == "user":
-                pieces.append(("USER: " + turn.text + " ", False))
-            else:
-                pieces += [("ASSISTANT: ", False), (turn.text + "</s>", True)]
-        if add_generation_prompt:
-            pieces.append(("ASSISTANT:", False))
-        return pieces
-
-    @property
-    def chat_template(self) -> str:
-        return (
-            _JINJA_CONTENT + _jinja_system(self.system) + "{{- system + ' ' -}}"
-            "{%- for message in loop_messages -%}"
-            "{%- if message['role'] == 'user' -%}{{- 'USER: ' + content_text(message['content']) + ' ' -}}"
-            "{%- else -%}{{- 'ASSISTANT: ' -}}"
-            "{%- generation -%}{{- content_text(message['content']) + '</s>' -}}{%- endgeneration -%}"
-            "{%- endif -%}{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-        )
+    body = r"""{{- system + ' ' -}}
+{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- 'USER: ' + content_text(message['content']) + ' ' -}}
+    {%- else -%}
+        {{- 'ASSISTANT: ' -}}
+        {%- generation -%}{{- content_text(message['content']) + '</s>' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}
+"""
 
 
 @register_template("chatml", "qwen")
@@ -273,31 +286,18 @@ class ChatMLTemplate(ConversationTemplate):
     name = "chatml"
     stop_token = "<|im_end|>"
     system = "You are a helpful assistant."
-
-    def pieces(self, system, dialogue, add_generation_prompt, sample_id):
-        system = self.system if system is None else system
-        pieces = [(f"<|im_start|>system\n{system}<|im_end|>\n", False)]
-        for turn in dialogue:
-            if turn.role == "user":
-                pieces.append((f"<|im_start|>user\n{turn.text}<|im_end|>\n", False))
-            else:
-                pieces += [("<|im_start|>assistant\n", False), (turn.text + "<|im_end|>", True), ("\n", False)]
-        if add_generation_prompt:
-            pieces.append(("<|im_start|>assistant\n", False))
-        return pieces
-
-    @property
-    def chat_template(self) -> str:
-        return (
-            _JINJA_CONTENT + _jinja_system(self.system) + "{{- '<|im_start|>system\\n' + system + '<|im_end|>\\n' -}}"
-            "{%- for message in loop_messages -%}"
-            "{%- if message['role'] == 'user' -%}"
-            "{{- '<|im_start|>user\\n' + content_text(message['content']) + '<|im_end|>\\n' -}}"
-            "{%- else -%}{{- '<|im_start|>assistant\\n' -}}"
-            "{%- generation -%}{{- content_text(message['content']) + '<|im_end|>' -}}{%- endgeneration -%}"
-            "{{- '\\n' -}}{%- endif -%}{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-        )
+    body = r"""{{- '<|im_start|>system\n' + system + '<|im_end|>\n' -}}
+{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- '<|im_start|>user\n' + content_text(message['content']) + '<|im_end|>\n' -}}
+    {%- else -%}
+        {{- '<|im_start|>assistant\n' -}}
+        {%- generation -%}{{- content_text(message['content']) + '<|im_end|>' -}}{%- endgeneration -%}
+        {{- '\n' -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+"""
 
 
 @register_template("llama3")
@@ -310,40 +310,17 @@ class Llama3Template(ConversationTemplate):
         "You are a helpful language and vision assistant. You are able to understand the visual content "
         "that the user provides, and assist the user with a variety of tasks using natural language."
     )
-
-    @staticmethod
-    def _header(role: str) -> str:
-        return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
-
-    def pieces(self, system, dialogue, add_generation_prompt, sample_id):
-        system = self.system if system is None else system
-        pieces = [(self._header("system") + system + "<|eot_id|>", False)]
-        for turn in dialogue:
-            if turn.role == "user":
-                pieces.append((self._header("user") + turn.text + "<|eot_id|>", False))
-            else:
-                pieces += [(self._header("assistant"), False), (turn.text + "<|eot_id|>", True)]
-        if add_generation_prompt:
-            pieces.append((self._header("assistant"), False))
-        return pieces
-
-    @property
-    def chat_template(self) -> str:
-        header = "'<|start_header_id|>' + {} + '<|end_header_id|>\\n\\n'"
-        return (
-            _JINJA_CONTENT
-            + _jinja_system(self.system)
-            + "{{- "
-            + header.format("'system'")
-            + " + system + '<|eot_id|>' -}}"
-            "{%- for message in loop_messages -%}"
-            "{%- if message['role'] == 'user' -%}"
-            "{{- " + header.format("'user'") + " + content_text(message['content']) + '<|eot_id|>' -}}"
-            "{%- else -%}{{- " + header.format("'assistant'") + " -}}"
-            "{%- generation -%}{{- content_text(message['content']) + '<|eot_id|>' -}}{%- endgeneration -%}"
-            "{%- endif -%}{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- " + header.format("'assistant'") + " -}}{%- endif -%}"
-        )
+    body = r"""{{- '<|start_header_id|>system<|end_header_id|>\n\n' + system + '<|eot_id|>' -}}
+{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- '<|start_header_id|>user<|end_header_id|>\n\n' + content_text(message['content']) + '<|eot_id|>' -}}
+    {%- else -%}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+        {%- generation -%}{{- content_text(message['content']) + '<|eot_id|>' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}
+"""
 
 
 def get_template(name: str) -> ConversationTemplate:

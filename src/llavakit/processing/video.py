@@ -264,7 +264,7 @@ class VideoConfig:
 def video_pixel_values(frames: list[Image.Image], config: ImageProcessingConfig, backend: str = "pil") -> np.ndarray:
     """`(frames, 3, S, S)` float32: every frame resized (aspect not kept) to the encoder's input and
     normalised, as OneVision's video processor does and as the base image of a grid mode is.
-    `backend`: `pil` or `torch` (see `llavakit.processing.highres.resize_pixels`)."""
+    `backend`: `pil` or `torch` (see `HighResConfig.resize_backend` in `llavakit.processing.highres`)."""
     if not frames:
         raise ValueError("a video needs at least one frame")
     table = normalization_table(config)

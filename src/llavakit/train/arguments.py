@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -34,13 +35,19 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def report_targets(report_to: str | list[str]) -> list[str] | str:
-    """`auto` -> the installed ones of TensorBoard and wandb (or `none`); anything else passes through."""
-    if report_to != "auto":
-        return report_to
+def installed_trackers() -> dict[str, bool]:
+    """Which of TensorBoard and wandb transformers finds installed (what `report_to: auto` turns on)."""
     from transformers.integrations import is_tensorboard_available, is_wandb_available
 
-    installed = {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+    return {"tensorboard": is_tensorboard_available(), "wandb": is_wandb_available()}
+
+
+def report_targets(report_to: str | list[str], installed: Mapping[str, bool] | None = None) -> list[str] | str:
+    """`auto` -> the installed trackers (`installed`, by default `installed_trackers()`), or `none`;
+    anything else passes through."""
+    if report_to != "auto":
+        return report_to
+    installed = installed_trackers() if installed is None else installed
     found = [name for name, available in installed.items() if available]
     return found or "none"
 
@@ -119,6 +126,7 @@ def training_arguments(
 
 __all__ = [
     "find_unused_parameters",
+    "installed_trackers",
     "precision_flags",
     "report_targets",
     "training_arguments",

@@ -6,7 +6,8 @@
 * otherwise `model.vision` + `model.language` (hub names, local folders, or config dicts with
   a `model_type` for random tiny models) composed with a fresh connector, and a tokenizer
   (`model.tokenizer`: a name or folder, `tiny`, or null for the language model's own) that
-  gets the `<image>` token and a pad token if it lacks them;
+  gets the `<image>` token (and `model.video_token`) and a pad token if it lacks them; their
+  ids fill `model.image_token_id` / `model.video_token_id` (a spec that gives them must agree);
 * then `model.connector_weights` (a stage-1 run folder, its `trainable.safetensors`, or an
   original LLaVA `mm_projector.bin`) is loaded over the fresh connector, as LLaVA's
   `--pretrain_mm_mlp_adapter` does.
@@ -19,6 +20,7 @@ language model's linear layers, the connector (and vision tower, when it trains)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from llavakit.interop.transformers_llava import llavakit_state_dict_from_original
+from llavakit.interop.original_llava import llavakit_state_dict_from_original
 from llavakit.model.build import (
     ModelSpec,
     build_model,
@@ -37,7 +39,7 @@ from llavakit.model.build import (
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.processing.tokenizer import prepare_tokenizer
-from llavakit.train.config import ModelConfig, StageConfig, TrainConfig
+from llavakit.train.config import StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
 # ---- tokenizer ---------------------------------------------------------------------------------
 
 
-def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
+def load_tokenizer(model: ModelSpec) -> PreTrainedTokenizerBase:
     """`model.tokenizer` (a name or folder, or `tiny`), else the language model's own tokenizer."""
     if model.tokenizer == "tiny":
         from llavakit.tiny import build_tiny_tokenizer
@@ -63,6 +65,23 @@ def load_tokenizer(model: ModelConfig) -> PreTrainedTokenizerBase:
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer {source!r} has no fast version; training labels need character offsets")
     return tokenizer
+
+
+def with_token_ids(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> ModelSpec:
+    """`spec` with the tokenizer's ids of its image (and video) token, added to the tokenizer when missing."""
+    image_token_id = prepare_tokenizer(tokenizer, spec.image_token)
+    video_token_id = prepare_tokenizer(tokenizer, spec.video_token) if spec.video_token is not None else None
+    _check_same_id("image_token_id", spec.image_token_id, image_token_id, spec.image_token)
+    _check_same_id("video_token_id", spec.video_token_id, video_token_id, spec.video_token)
+    return dataclasses.replace(spec, image_token_id=image_token_id, video_token_id=video_token_id)
+
+
+def _check_same_id(field: str, given: int | None, actual: int | None, token: str | None) -> None:
+    if given is not None and given != actual:
+        raise ValueError(
+            f"model.{field} is {given} but the tokenizer gives {token!r} the id {actual}; "
+            f"set model.{field}=null to take the tokenizer's"
+        )
 
 
 # ---- model -------------------------------------------------------------------------------------
@@ -106,24 +125,16 @@ def _quantized_language_model(source: str, quantize: str, dtype: torch.dtype | N
     return AutoModelForCausalLM.from_pretrained(source, quantization_config=quantization, dtype=compute)
 
 
-def _compose(model: ModelConfig, image_token_id: int, quantize: str | None) -> LlavaKitForCausalLM:
-    dtype = _torch_dtype(model.dtype)
-    spec = ModelSpec(
-        vision=model.vision,
-        language=model.language,
-        image_token_id=image_token_id,
-        connector=model.connector,
-        vision_feature_layer=model.vision_feature_layer,
-        vision_feature_select_strategy=model.vision_feature_select_strategy,
-        dtype=model.dtype,
-    )
+def _compose(spec: ModelSpec, quantize: str | None) -> LlavaKitForCausalLM:
+    """A fresh model of `spec` (with token ids); with `quantize`, the language model loaded through bitsandbytes."""
+    dtype = _torch_dtype(spec.dtype)
     if not quantize:
         return build_model(spec)
-    if not isinstance(model.language, str):
+    if not isinstance(spec.language, str):
         raise ValueError("stage.lora.quantize (QLoRA) needs model.language to name pretrained weights")
     _require_qlora_support(quantize)
     vision = load_vision_encoder(spec.vision, dtype)
-    language = _quantized_language_model(model.language, quantize, dtype)
+    language = _quantized_language_model(spec.language, quantize, dtype)
     return compose_model(spec, vision, language)
 
 
@@ -142,27 +153,26 @@ def _processor_for(model: LlavaKitForCausalLM, tokenizer, config: TrainConfig) -
 
 def build_model_and_processor(config: TrainConfig) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor]:
     """The model a run starts from and the processor that feeds it (see the module docstring)."""
-    model_config, quantize = config.model, config.stage.lora.quantize
-    if model_config.checkpoint is not None:
+    spec, quantize = config.model, config.stage.lora.quantize
+    if spec.checkpoint is not None:
         if quantize:
             raise ValueError("stage.lora.quantize (QLoRA) needs model.vision/model.language, not model.checkpoint")
-        model = LlavaKitForCausalLM.from_pretrained(model_config.checkpoint, dtype=_torch_dtype(model_config.dtype))
-        saved = LlavaKitProcessor.from_pretrained(model_config.checkpoint)
+        model = LlavaKitForCausalLM.from_pretrained(spec.checkpoint, dtype=_torch_dtype(spec.dtype))
+        saved = LlavaKitProcessor.from_pretrained(spec.checkpoint)
         same = saved.template_name == config.data.template and saved.image_config.mode == config.data.image_mode
         processor = saved if same else _processor_for(model, saved.tokenizer, config)
     else:
-        if model_config.vision is None or model_config.language is None:
+        if spec.vision is None or spec.language is None:
             raise ValueError("set model.checkpoint, or both model.vision and model.language")
-        tokenizer = load_tokenizer(model_config)
-        image_token_id = prepare_tokenizer(tokenizer, model_config.image_token)
-        model = _compose(model_config, image_token_id, quantize)
+        tokenizer = load_tokenizer(spec)
+        model = _compose(with_token_ids(spec, tokenizer), quantize)
         _fit_embeddings(model, len(tokenizer))
         processor = _processor_for(model, tokenizer, config)
     # Backbones composed from config dicts come without an attention implementation; name one for
     # every sub-model (transformers' default, sdpa, unless the config asks for another).
-    model.set_attn_implementation(model_config.attn_implementation or "sdpa")
-    if model_config.connector_weights is not None:
-        load_trainable_weights(model, model_config.connector_weights)
+    model.set_attn_implementation(spec.attn_implementation or "sdpa")
+    if spec.connector_weights is not None:
+        load_trainable_weights(model, spec.connector_weights)
     return model, processor
 
 
@@ -272,4 +282,5 @@ __all__ = [
     "read_trainable_weights",
     "save_trainable_weights",
     "trainable_weights_file",
+    "with_token_ids",
 ]

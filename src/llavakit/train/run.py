@@ -34,7 +34,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as transformers_logging
 
 from llavakit.data.batching import PackingCollator, PaddingCollator
-from llavakit.data.dataset import DatasetSpec, LlavaDataset
+from llavakit.data.dataset import LlavaDataset
+from llavakit.data.records import DatasetSpec
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.train.arguments import training_arguments, world_size_from_environment
 from llavakit.train.config import DataConfig, TrainConfig, load_config, save_config
