@@ -20,10 +20,12 @@ import llavakit
 PACKAGE = Path(llavakit.__file__).resolve().parent
 
 # Foundation modules every package may use (they import no other llavakit module).
-FOUNDATION = {"config_files"}
+FOUNDATION = {"config_files", "errors", "output_paths"}
 # Package -> the packages it may import (itself always). The top-level `__init__` re-exports lazily.
 ALLOWED = {
-    "config_files": set(),
+    "config_files": {"errors"},
+    "errors": set(),
+    "output_paths": {"errors"},
     "model": set(),
     "processing": {"model"},
     "data": {"processing", "model"},

@@ -6,8 +6,11 @@ Run `llavakit --help`. Heavy imports happen inside the subcommand, so help is in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from llavakit.errors import LlavaKitError
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -330,19 +333,35 @@ def _add_data_check(data_commands: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LLAVAKIT_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_chat, _add_demo, _add_import, _add_export, _add_eval, _add_train, _add_data):
         add(commands)
     return parser
 
 
+# Mistakes in the user's input or setup: printed as one line naming the culprit, exit status 2.
+USER_ERRORS = (LlavaKitError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError)
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(args.debug) or os.environ.get("LLAVAKIT_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
+        if _debug(args):
+            raise
         print(f"llavakit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if _debug(args):
+            raise
+        print(f"llavakit {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

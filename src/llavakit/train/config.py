@@ -47,7 +47,7 @@ def _is_resume(value: Any) -> bool:
 
 @dataclass
 class DatasetConfig:
-    """One dataset of the mixture (fields of `llavakit.data.dataset.DatasetSpec`)."""
+    """One dataset of the mixture (fields of `llavakit.data.records.DatasetSpec`)."""
 
     path: str = ""
     image_folder: str | None = None
