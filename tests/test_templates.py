@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from jinja2.exceptions import TemplateError
+from PIL import Image
 
+from llavakit.processing.processor import IGNORE_INDEX, LlavaKitProcessor
 from llavakit.processing.templates import (
     TEMPLATES,
     ConversationTemplate,
@@ -12,6 +14,7 @@ from llavakit.processing.templates import (
     normalize_conversation,
     register_template,
 )
+from llavakit.tiny import tiny_llava_config
 
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -21,6 +24,13 @@ LLAMA3_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual content "
     "that the user provides, and assist the user with a variety of tasks using natural language."
 )
+# The original LLaVA's conv_llava_v1 (llava/conversation.py): "human", where vicuna_v1 says "user".
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# conv_llava_llama_2's system prompt (the same words as LLaVA-NeXT's llama3 one).
+LLAVA_LLAMA_2_SYSTEM = LLAMA3_SYSTEM
 
 LLAVA_FORM = [
     {"from": "human", "value": "<image>\nWhat is it?"},
@@ -52,12 +62,46 @@ EXPECTED_TEXT = {
         "<|start_header_id|>user<|end_header_id|>\n\nWhich color?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\nRed.<|eot_id|>"
     ),
+    # The original code's formats, written from the Conversation definitions in llava/conversation.py.
+    "llava_v1": (
+        f"{LLAVA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A red circle.</s>"
+        "USER: Which color? ASSISTANT: Red.</s>"
+    ),
+    "qwen_1_5": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA red circle.<|im_end|>\n"
+        "<|im_start|>user\nWhich color?<|im_end|>\n<|im_start|>assistant\nRed.<|im_end|>\n"
+    ),
+    "mistral_instruct": "[INST] <image>\nWhat is it? [/INST] A red circle. </s>[INST] Which color? [/INST] Red. </s>",
+    "chatml_direct": (
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|><|im_start|>assistant\nA red circle.<|im_end|>"
+        "<|im_start|>user\nWhich color?<|im_end|><|im_start|>assistant\nRed.<|im_end|>"
+    ),
+    "llava_llama_2": (
+        f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A red circle. </s>"
+        "<s>[INST] Which color? [/INST] Red. </s>"
+    ),
+    "gemma_instruct": (
+        "<start_of_turn>user\n<image>\nWhat is it?<end_of_turn>\n<start_of_turn>model\nA red circle.<end_of_turn>\n"
+        "<start_of_turn>user\nWhich color?<end_of_turn>\n<start_of_turn>model\nRed.<end_of_turn>\n"
+    ),
+}
+# What ends an answer and is labelled with it (the original's preprocess functions put the loss there).
+END = {
+    "vicuna_v1": "</s>",
+    "chatml": "<|im_end|>",
+    "llama3": "<|eot_id|>",
+    "llava_v1": "</s>",
+    "qwen_1_5": "<|im_end|>",
+    "mistral_instruct": " </s>",
+    "chatml_direct": "<|im_end|>",
+    "llava_llama_2": " </s>",
+    "gemma_instruct": "<end_of_turn>\n",
 }
 EXPECTED_SPANS = {
     "plain": ["A red circle.\nRed.\n"],  # adjacent answers (the 2nd turn has no image) form one span
-    "vicuna_v1": ["A red circle.</s>", "Red.</s>"],
-    "chatml": ["A red circle.<|im_end|>", "Red.<|im_end|>"],
-    "llama3": ["A red circle.<|eot_id|>", "Red.<|eot_id|>"],
+    **{name: ["A red circle." + end, "Red." + end] for name, end in END.items()},
 }
 GENERATION_SUFFIX = {"plain": "", "vicuna_v1": "ASSISTANT:", "chatml": "<|im_start|>assistant\n"}
 
@@ -88,9 +132,17 @@ def test_system_turn_replaces_the_default_prompt():
 
 
 def test_aliases_and_registry():
-    assert TEMPLATES["llava_v1"] is TEMPLATES["vicuna_v1"]
+    # The original's llava_v1 has its own system prompt ("curious human"); its v1 is vicuna_v1.
+    assert TEMPLATES["llava_v1"] is not TEMPLATES["vicuna_v1"]
+    assert TEMPLATES["v1"] is TEMPLATES["vicuna_v1"]
     assert TEMPLATES["qwen"] is TEMPLATES["chatml"]
+    # Keys that the original code maps to one Conversation share one template.
+    assert TEMPLATES["qwen_2"] is TEMPLATES["qwen_1_5"]
+    assert TEMPLATES["llava_mistral_instruct"] is TEMPLATES["mistral_instruct"]
+    assert TEMPLATES["mistral_direct"] is TEMPLATES["chatml_direct"]
     assert set(TEMPLATES) >= {"plain", "vicuna_v1", "llava_v1", "chatml", "qwen", "llama3"}
+    assert set(TEMPLATES) >= {"qwen_1_5", "qwen_2", "mistral_instruct", "chatml_direct", "llava_llama_2"}
+    assert "gemma_instruct" in TEMPLATES
     with pytest.raises(ValueError, match="unknown conversation template 'vicuna'"):
         get_template("vicuna")  # exact keys only, no prefix matching
     with pytest.raises(ValueError, match="already registered"):
@@ -112,12 +164,12 @@ JINJA_CASES = {
 }
 
 
-# plain has no system prompt (render rejects one), so that pair is left out.
+# plain and gemma_instruct have no system prompt (render rejects one), so those pairs are left out.
 JINJA_PAIRS = [
     (name, case)
     for name in sorted(EXPECTED_TEXT)
     for case in sorted(JINJA_CASES)
-    if (name, case) != ("plain", "system")
+    if not (case == "system" and get_template(name).system is None)
 ]
 
 
@@ -206,7 +258,7 @@ def test_spans_are_char_exact_around_tricky_text():
         {"from": "human", "value": "Again, ünïcode?"},
         {"from": "gpt", "value": answers[1]},
     ]
-    for name, end in (("vicuna_v1", "</s>"), ("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>")):
+    for name, end in END.items():
         rendered = get_template(name).render(conversation)
         assert [rendered.text[start:stop] for start, stop in rendered.answer_spans] == [a + end for a in answers]
     plain = get_template("plain").render(conversation)
@@ -266,6 +318,9 @@ def test_bad_conversations_name_the_sample(case):
 def test_template_specific_errors():
     with pytest.raises(ValueError, match="plain template has no system prompt"):
         get_template("plain").render([{"from": "system", "value": "s"}] + LLAVA_FORM[:2], sample_id=7)
+    # The original's GEMMA style never writes a system prompt: refused here rather than dropped.
+    with pytest.raises(ValueError, match="gemma_instruct template has no system prompt"):
+        get_template("gemma_instruct").render([{"from": "system", "value": "s"}] + LLAVA_FORM[:2], sample_id=7)
     with pytest.raises(ValueError, match="ends with a user turn"):
         get_template("chatml").render(LLAVA_FORM[:2], add_generation_prompt=True)
 
@@ -280,3 +335,150 @@ def test_errors_raised_in_the_jinja_name_the_sample(tiny_tokenizer):
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "<image>"}]
     with pytest.raises(TemplateError, match="plain template has no system prompt"):
         tiny_tokenizer.apply_chat_template(messages, tokenize=False, chat_template=get_template("plain").chat_template)
+
+
+# ---- the original code's formats: three rounds, custom / default / empty system, generation prompts ----
+
+THREE_ROUNDS = LLAVA_FORM + [{"from": "human", "value": "How many?"}, {"from": "gpt", "value": "One."}]
+BE_BRIEF = [{"from": "system", "value": "Be brief."}]
+
+# Three rounds under the system message "Be brief.", as the original renders them with `conv.system`
+# set to it (for the MPT / CHATML styles, whose `system` holds the header: "<|im_start|>system\nBe brief.").
+ORIGINAL_CUSTOM_SYSTEM = {
+    "llava_v1": (
+        "Be brief. USER: <image>\nWhat is it? ASSISTANT: A red circle.</s>USER: Which color? ASSISTANT: Red.</s>"
+        "USER: How many? ASSISTANT: One.</s>"
+    ),
+    "qwen_1_5": (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA red circle.<|im_end|>\n"
+        "<|im_start|>user\nWhich color?<|im_end|>\n<|im_start|>assistant\nRed.<|im_end|>\n"
+        "<|im_start|>user\nHow many?<|im_end|>\n<|im_start|>assistant\nOne.<|im_end|>\n"
+    ),
+    "mistral_instruct": (
+        "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A red circle. </s>"
+        "[INST] Which color? [/INST] Red. </s>[INST] How many? [/INST] One. </s>"
+    ),
+    "chatml_direct": (
+        "<|im_start|>system\nBe brief.<|im_end|>"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|><|im_start|>assistant\nA red circle.<|im_end|>"
+        "<|im_start|>user\nWhich color?<|im_end|><|im_start|>assistant\nRed.<|im_end|>"
+        "<|im_start|>user\nHow many?<|im_end|><|im_start|>assistant\nOne.<|im_end|>"
+    ),
+    "llava_llama_2": (
+        "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A red circle. </s>"
+        "<s>[INST] Which color? [/INST] Red. </s><s>[INST] How many? [/INST] One. </s>"
+    ),
+}
+
+# Two rounds and a third question with the default system, then the original's generation prompt (its
+# `append_message(roles[1], None)`): the assistant's role, or nothing after LLAMA_2's `[/INST]`.
+ORIGINAL_GENERATION_PROMPT = {
+    "llava_v1": (
+        f"{LLAVA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A red circle.</s>"
+        "USER: Which color? ASSISTANT: Red.</s>USER: How many? ASSISTANT:"
+    ),
+    "qwen_1_5": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA red circle.<|im_end|>\n"
+        "<|im_start|>user\nWhich color?<|im_end|>\n<|im_start|>assistant\nRed.<|im_end|>\n"
+        "<|im_start|>user\nHow many?<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    "mistral_instruct": (
+        "[INST] <image>\nWhat is it? [/INST] A red circle. </s>[INST] Which color? [/INST] Red. </s>"
+        "[INST] How many? [/INST]"
+    ),
+    "chatml_direct": (
+        "<|im_start|>system\nAnswer the questions.<|im_end|>"
+        "<|im_start|>user\n<image>\nWhat is it?<|im_end|><|im_start|>assistant\nA red circle.<|im_end|>"
+        "<|im_start|>user\nWhich color?<|im_end|><|im_start|>assistant\nRed.<|im_end|>"
+        "<|im_start|>user\nHow many?<|im_end|><|im_start|>assistant\n"
+    ),
+    "llava_llama_2": (
+        f"[INST] <<SYS>>\n{LLAVA_LLAMA_2_SYSTEM}\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A red circle. </s>"
+        "<s>[INST] Which color? [/INST] Red. </s><s>[INST] How many? [/INST]"
+    ),
+    "gemma_instruct": (
+        "<start_of_turn>user\n<image>\nWhat is it?<end_of_turn>\n<start_of_turn>model\nA red circle.<end_of_turn>\n"
+        "<start_of_turn>user\nWhich color?<end_of_turn>\n<start_of_turn>model\nRed.<end_of_turn>\n"
+        "<start_of_turn>user\nHow many?<end_of_turn>\n<start_of_turn>model\n"
+    ),
+}
+
+# An empty system: CHATML and LLAMA_2 styles then write no system block at all.
+ORIGINAL_EMPTY_SYSTEM = {
+    "qwen_1_5": "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA red circle.<|im_end|>\n",
+    "mistral_instruct": "[INST] <image>\nWhat is it? [/INST] A red circle. </s>",
+    "llava_llama_2": "[INST] <image>\nWhat is it? [/INST] A red circle. </s>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_CUSTOM_SYSTEM))
+def test_original_formats_three_rounds_with_a_custom_system(name):
+    rendered = get_template(name).render(BE_BRIEF + THREE_ROUNDS)
+    assert rendered.text == ORIGINAL_CUSTOM_SYSTEM[name]
+    spans = [rendered.text[start:end] for start, end in rendered.answer_spans]
+    assert spans == [answer + END[name] for answer in ("A red circle.", "Red.", "One.")]
+
+
+def test_gemma_three_rounds_by_hand():
+    """The GEMMA style has no system prompt; its three rounds, labelled on answer + `<end_of_turn>\\n`."""
+    rendered = get_template("gemma_instruct").render(THREE_ROUNDS)
+    assert rendered.text == ORIGINAL_GENERATION_PROMPT["gemma_instruct"] + "One.<end_of_turn>\n"
+    spans = [rendered.text[start:end] for start, end in rendered.answer_spans]
+    assert spans == ["A red circle.<end_of_turn>\n", "Red.<end_of_turn>\n", "One.<end_of_turn>\n"]
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_GENERATION_PROMPT))
+@pytest.mark.parametrize("conversation", [THREE_ROUNDS[:5], CHAT_FORM + [{"role": "user", "content": "How many?"}]])
+def test_original_formats_generation_prompt(tiny_tokenizer, name, conversation):
+    template = get_template(name)
+    rendered = template.render(conversation, add_generation_prompt=True)
+    assert rendered.text == ORIGINAL_GENERATION_PROMPT[name]
+    assert [rendered.text[start:end] for start, end in rendered.answer_spans] == EXPECTED_SPANS[name]
+    messages = [{"role": turn.role, "content": turn.text} for turn in normalize_conversation(conversation)]
+    exported = tiny_tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, chat_template=template.chat_template
+    )
+    assert exported == ORIGINAL_GENERATION_PROMPT[name]
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_EMPTY_SYSTEM))
+def test_original_formats_with_an_empty_system(name):
+    rendered = get_template(name).render([{"from": "system", "value": ""}] + LLAVA_FORM[:2])
+    assert rendered.text == ORIGINAL_EMPTY_SYSTEM[name]
+
+
+def labelled_runs(tokenizer, sample: dict) -> list[str]:
+    """The labelled tokens, decoded one contiguous run at a time."""
+    runs, current = [], []
+    for token, label in zip(sample["input_ids"].tolist(), sample["labels"].tolist()):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs + ([tokenizer.decode(current)] if current else [])
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_GENERATION_PROMPT))
+def test_original_formats_label_exactly_the_answers_tokens(tiny_tokenizer, name):
+    """Token labels cover each answer and its end, and agree with transformers' assistant mask."""
+    config = tiny_llava_config(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, name)
+    sample = processor.encode_conversation(THREE_ROUNDS, images=[Image.new("RGB", (20, 30), (200, 10, 10))])
+    # A word token may carry the space before the answer ("[/INST] A", "ASSISTANT: A"); nothing more is labelled.
+    runs = [run.removeprefix(" ") for run in labelled_runs(tiny_tokenizer, sample)]
+    assert runs == [answer + END[name] for answer in ("A red circle.", "Red.", "One.")]
+    text_only = [
+        {"role": turn.role, "content": turn.text.replace("<image>\n", "")}
+        for turn in normalize_conversation(THREE_ROUNDS)
+    ]
+    sample = processor.encode_conversation(text_only)
+    exported = tiny_tokenizer.apply_chat_template(
+        text_only, chat_template=get_template(name).chat_template, return_dict=True, return_assistant_tokens_mask=True
+    )
+    # transformers' tokenizer chat path adds no BOS; ours does: compare after it.
+    assert sample["input_ids"][1:].tolist() == exported["input_ids"]
+    assert (sample["labels"][1:] != IGNORE_INDEX).long().tolist() == exported["assistant_masks"]

@@ -11,15 +11,25 @@ chat template (`chat_template`), with every answer's labelled text in a `{% gene
   so it formats prompts identically, and transformers' `return_assistant_tokens_mask` agrees;
 * `stop_token` is what ends an answer at generation time.
 
-No template writes a BOS: the tokenizer adds its own (`<s>` for Llama-2/Vicuna,
-`<|begin_of_text|>` for Llama-3), as transformers' `LlavaProcessor` does when it tokenizes.
+No template writes a leading BOS: the tokenizer adds its own (`<s>` for Llama-2/Vicuna/Mistral,
+`<bos>` for Gemma, `<|begin_of_text|>` for Llama-3), as transformers' `LlavaProcessor` does when
+it tokenizes, and as the original LLaVA code did (its prompts carry no leading BOS either;
+`llava_llama_2` writes the `<s>` that leads each later round, as the original does).
 
 Conversations come in LLaVA form (`[{"from": "human" | "gpt" | "system", "value": str}]`)
 or chat form (`[{"role": "user" | "assistant" | "system", "content": str | [parts]}]`,
 parts `{"type": "image"}` or `{"type": "text", "text": ...}`, joined by "\\n"). Both are
 normalised to one list of `Turn`s first.
 
-Keys are exact: `plain`, `vicuna_v1` (alias `llava_v1`), `chatml` (alias `qwen`), `llama3`.
+Keys are exact: `plain`, `vicuna_v1` (alias `v1`), `chatml` (alias `qwen`), `llama3`, and the
+formats of the original LLaVA / LLaVA-NeXT checkpoints under the original code's names
+(`llava/conversation.py` of haotian-liu/LLaVA and LLaVA-VL/LLaVA-NeXT): `llava_v1`, `qwen_1_5`
+(alias `qwen_2`), `mistral_instruct` (alias `llava_mistral_instruct`), `chatml_direct` (alias
+`mistral_direct`), `llava_llama_2`, `gemma_instruct`. They render the text the original's
+`Conversation.get_prompt()` renders for the same turns, with one chosen difference: `<image>` stays
+where the conversation puts it. (The original's data preprocessing and demo move `<image>` to the
+front of its message as `<image>\\n`, LLaVA-NeXT's only for a lone one; the released LLaVA data
+mostly has it there already, and those samples render identically.)
 """
 
 from __future__ import annotations
@@ -256,9 +266,9 @@ class PlainTemplate(ConversationTemplate):
     ).replace("IMAGE", _literal(IMAGE_PLACEHOLDER))
 
 
-@register_template("vicuna_v1", "llava_v1")
+@register_template("vicuna_v1", "v1")
 class VicunaTemplate(ConversationTemplate):
-    """LLaVA v1 / Vicuna: `SYSTEM USER: q ASSISTANT: a</s>USER: ...`; generation prompt `ASSISTANT:`."""
+    """Vicuna v1 (the original's `v1`, LLaVA-1.5's format): `SYSTEM USER: q ASSISTANT: a</s>USER: ...`."""
 
     name = "vicuna_v1"
     stop_token = "</s>"
@@ -279,15 +289,8 @@ class VicunaTemplate(ConversationTemplate):
 """
 
 
-@register_template("chatml", "qwen")
-class ChatMLTemplate(ConversationTemplate):
-    """ChatML (Qwen, LLaVA-OneVision): `<|im_start|>role\\n...<|im_end|>\\n`; labels on answer + `<|im_end|>`."""
-
-    name = "chatml"
-    stop_token = "<|im_end|>"
-    system = "You are a helpful assistant."
-    body = r"""{{- '<|im_start|>system\n' + system + '<|im_end|>\n' -}}
-{%- for message in loop_messages -%}
+# ChatML turns after the system block: `<|im_start|>role\n...<|im_end|>\n`; labels on answer + `<|im_end|>`.
+_CHATML_TURNS = r"""{%- for message in loop_messages -%}
     {%- if message['role'] == 'user' -%}
         {{- '<|im_start|>user\n' + content_text(message['content']) + '<|im_end|>\n' -}}
     {%- else -%}
@@ -298,6 +301,20 @@ class ChatMLTemplate(ConversationTemplate):
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
 """
+
+
+@register_template("chatml", "qwen")
+class ChatMLTemplate(ConversationTemplate):
+    """ChatML (Qwen, LLaVA-OneVision): `<|im_start|>role\\n...<|im_end|>\\n`; labels on answer + `<|im_end|>`."""
+
+    name = "chatml"
+    stop_token = "<|im_end|>"
+    system = "You are a helpful assistant."
+    body = (
+        r"""{{- '<|im_start|>system\n' + system + '<|im_end|>\n' -}}
+"""
+        + _CHATML_TURNS
+    )
 
 
 @register_template("llama3")
@@ -320,6 +337,146 @@ class Llama3Template(ConversationTemplate):
     {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}{%- endif -%}
+"""
+
+
+# ---- the original LLaVA / LLaVA-NeXT formats (llava/conversation.py), under the original's names ----
+
+
+@register_template("llava_v1")
+class LlavaV1Template(VicunaTemplate):
+    """Original `conv_llava_v1`: Vicuna's format (sep style TWO: " ", "</s>") with a "curious human" system.
+
+    Labels on answer + `</s>`, as the original's `preprocess_v1`. LLaVA-1.5 trained with `v1`
+    (`vicuna_v1`, "curious user"); this key is the original's `llava_v1`, a different prompt.
+    """
+
+    name = "llava_v1"
+    system = (
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    )
+
+
+@register_template("qwen_1_5", "qwen_2")
+class QwenOneVisionTemplate(ConversationTemplate):
+    """LLaVA-OneVision's `conv_qwen` (sep style CHATML): `chatml`'s text, no system block for an empty system.
+
+    Labels on answer + `<|im_end|>`. (The original's `preprocess_qwen` also labels every turn's
+    `<|im_start|>`, `<|im_end|>` and newline tokens and the assistant's role header; llavakit
+    labels only what the model must learn to answer.) Qwen tokenizers add no BOS.
+    """
+
+    name = "qwen_1_5"
+    stop_token = "<|im_end|>"
+    system = "You are a helpful assistant."
+    body = (
+        r"""{%- if system -%}{{- '<|im_start|>system\n' + system + '<|im_end|>\n' -}}{%- endif -%}
+"""
+        + _CHATML_TURNS
+    )
+
+
+def _llama_2_body(turn_sep: str) -> str:
+    """Sep style LLAMA_2: `[INST] q [/INST] a </s>`, rounds after the first led by `turn_sep`.
+
+    A non-empty system sits in a `<<SYS>>` block at the start of the first instruction. The
+    generation prompt adds nothing: a question's text already ends in `[/INST]`, as in the original.
+    Labels on `a </s>`: the answer, its trailing space and `</s>` (the original's `preprocess_llama_2`).
+    """
+    return (
+        r"""{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- ('' if loop.first else TURN_SEP) + '[INST] ' -}}
+        {%- if loop.first and system -%}{{- '<<SYS>>\n' + system + '\n<</SYS>>\n\n' -}}{%- endif -%}
+        {{- content_text(message['content']) + ' [/INST]' -}}
+    {%- else -%}
+        {{- ' ' -}}
+        {%- generation -%}{{- content_text(message['content']) + ' </s>' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+"""
+    ).replace("TURN_SEP", _literal(turn_sep))
+
+
+@register_template("llava_llama_2")
+class LlavaLlama2Template(ConversationTemplate):
+    """Original `conv_llava_llama_2` (sep style LLAMA_2, sep `<s>`): Llama-2 chat with a `<<SYS>>` block.
+
+    `[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\nq [/INST] a </s><s>[INST] q2 [/INST]`. The original
+    strips the leading `<s>` (the tokenizer adds BOS) and keeps the `<s>` before each later round;
+    so does this template.
+    """
+
+    name = "llava_llama_2"
+    stop_token = "</s>"
+    system = (
+        "You are a helpful language and vision assistant. You are able to understand the visual content "
+        "that the user provides, and assist the user with a variety of tasks using natural language."
+    )
+    body = _llama_2_body("<s>")
+
+
+@register_template("mistral_instruct", "llava_mistral_instruct")
+class MistralInstructTemplate(ConversationTemplate):
+    """Original `conv_mistral_instruct` (LLaVA-NeXT Mistral; LLAMA_2, empty sep): `[INST] q [/INST] a </s>[INST] ...`.
+
+    The default system is empty (no `<<SYS>>` block); a system message adds one, as setting the
+    original's `system` does. The text carries no `<s>`: the tokenizer adds BOS.
+    """
+
+    name = "mistral_instruct"
+    stop_token = "</s>"
+    system = ""
+    body = _llama_2_body("")
+
+
+@register_template("chatml_direct", "mistral_direct")
+class ChatMLDirectTemplate(ConversationTemplate):
+    """Original `conv_chatml_direct` (LLaVA-NeXT 34B; sep style MPT): ChatML without newlines between turns.
+
+    `<|im_start|>system\\nAnswer the questions.<|im_end|><|im_start|>user\\nq<|im_end|><|im_start|>assistant\\n`;
+    a system message replaces the prompt after `<|im_start|>system\\n`. Labels on answer +
+    `<|im_end|>`, as the original's `preprocess_mpt`. The text carries no BOS.
+    """
+
+    name = "chatml_direct"
+    stop_token = "<|im_end|>"
+    system = "Answer the questions."
+    body = r"""{{- '<|im_start|>system\n' + system + '<|im_end|>' -}}
+{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- '<|im_start|>user\n' + content_text(message['content']) + '<|im_end|>' -}}
+    {%- else -%}
+        {{- '<|im_start|>assistant\n' -}}
+        {%- generation -%}{{- content_text(message['content']) + '<|im_end|>' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+"""
+
+
+@register_template("gemma_instruct")
+class GemmaInstructTemplate(ConversationTemplate):
+    """Original `conv_gemma_instruct` (sep style GEMMA): Gemma's turns, `model` for the assistant.
+
+    `<start_of_turn>user\\nq<end_of_turn>\\n<start_of_turn>model\\na<end_of_turn>\\n`. No system prompt:
+    the original never writes one, so a system message is refused rather than dropped. Labels on
+    answer + `<end_of_turn>\\n`, as the original's `preprocess_gemma`. The text carries no `<bos>`:
+    the Gemma tokenizer adds it.
+    """
+
+    name = "gemma_instruct"
+    stop_token = "<end_of_turn>"
+    body = r"""{%- for message in loop_messages -%}
+    {%- if message['role'] == 'user' -%}
+        {{- '<start_of_turn>user\n' + content_text(message['content']) + '<end_of_turn>\n' -}}
+    {%- else -%}
+        {{- '<start_of_turn>model\n' -}}
+        {%- generation -%}{{- content_text(message['content']) + '<end_of_turn>\n' -}}{%- endgeneration -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}
 """
 
 
