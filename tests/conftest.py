@@ -193,3 +193,13 @@ def original_llava_checkpoint(
     else:
         save_file({key: tensor.contiguous() for key, tensor in weights.items()}, folder / "model.safetensors")
     return folder, vision_folder, vision_model, llm, projector_weights
+
+
+# ---- generation ----------------------------------------------------------------------------------
+
+
+def force_next_token(model: torch.nn.Module, token_id: int, scale: float = 50.0, **inputs: torch.Tensor) -> None:
+    """Make `token_id` the greedy choice after row 0's prompt: its LM-head row along that position's hidden state."""
+    with torch.no_grad():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1][0, -1]
+        model.get_output_embeddings().weight[token_id] = hidden * scale / hidden.norm() ** 2

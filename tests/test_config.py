@@ -10,8 +10,17 @@ import pytest
 import yaml
 
 from conftest import CONFIGS
+from llavakit.errors import ConfigError
 from llavakit.model.build import ModelSpec, load_model_spec
-from llavakit.train.config import DatasetConfig, config_to_yaml, load_config, save_config, to_dict
+from llavakit.train.config import (
+    DatasetConfig,
+    OptimizationConfig,
+    TrainConfig,
+    config_to_yaml,
+    load_config,
+    save_config,
+    to_dict,
+)
 from llavakit.train.recipes import resolve_config
 
 
@@ -89,6 +98,86 @@ def test_unknown_keys_in_a_file_raise_naming_file_and_key(tmp_path):
     with pytest.raises(ValueError, match="unknown config key 'x'"):
         load_config(None, ["x=1"])
     assert load_config(None, ["output.dir=runs/a"]).output.dir == "runs/a"
+
+
+# ---- values that cannot work -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optimization.epochs=.inf", "optimization.epochs"),
+        ("optimization.epochs=.nan", "optimization.epochs"),
+        ("optimization.epochs=-1", "optimization.epochs"),
+        ("optimization.max_steps=-5", "optimization.max_steps"),
+        ("data.max_length=0", "data.max_length"),
+        ("optimization.per_device_batch_size=0", "optimization.per_device_batch_size"),
+        ("optimization.global_batch_size=-8", "optimization.global_batch_size"),
+        ("optimization.lr=-1e-3", "optimization.lr"),
+        ("optimization.vision_lr=.inf", "optimization.vision_lr"),
+        ("optimization.connector_lr=-2e-5", "optimization.connector_lr"),
+        ("optimization.weight_decay=-0.1", "optimization.weight_decay"),
+        ("optimization.warmup_ratio=1", "optimization.warmup_ratio"),
+        ("optimization.warmup_ratio=-0.1", "optimization.warmup_ratio"),
+        ("optimization.max_grad_norm=-1", "optimization.max_grad_norm"),
+        ("optimization.seed=-1", "optimization.seed"),
+        ("optimization.precision=int8", "optimization.precision"),
+        ("optimization.scheduler=cosine_annealing", "optimization.scheduler"),
+        ("optimization.optimizer=adamw_fast", "optimization.optimizer"),
+        ("data.template=vicuna", "data.template"),
+        ("data.datasets.0.fraction=0", "data.datasets.0.fraction"),
+        ("data.datasets.0.fraction=1.5", "data.datasets.0.fraction"),
+        ("data.datasets.0.path=''", "data.datasets.0.path"),
+        ("data.max_skipped_fraction=1.5", "data.max_skipped_fraction"),
+        ("data.max_skipped_fraction=-0.1", "data.max_skipped_fraction"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("stage.lora.r=0", "stage.lora.r"),
+        ("stage.lora.dropout=1", "stage.lora.dropout"),
+        ("output.save_steps=-1", "output.save_steps"),
+        ("output.save_total_limit=0", "output.save_total_limit"),
+        ("output.logging_steps=0", "output.logging_steps"),
+    ],
+)
+def test_values_that_cannot_work_are_config_errors_naming_the_key(tmp_path, override, key):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("data:\n  datasets:\n    - {path: a.json}\n")
+    with pytest.raises(ConfigError, match=rf"config key '{key}' must be .*, got "):
+        load_config(path, [override])
+
+
+def test_combinations_that_cannot_work_are_refused_and_every_bad_key_is_named():
+    with pytest.raises(ConfigError, match=r"optimization.epochs=0 with optimization.max_steps<=0 trains nothing"):
+        load_config(None, ["optimization.epochs=0"])
+    assert load_config(None, ["optimization.epochs=0", "optimization.max_steps=5"]).optimization.max_steps == 5
+    with pytest.raises(ConfigError, match=r"output.overwrite=true and output.resume exclude each other"):
+        load_config(None, ["output.overwrite=true", "output.resume=true"])
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, ["data.max_length=0", "optimization.lr=-1", "output.save_steps=-3"])
+    assert all(key in str(raised.value) for key in ("data.max_length", "optimization.lr", "output.save_steps"))
+
+
+def test_edge_values_that_work_are_accepted():
+    config = load_config(
+        None,
+        [
+            "data.max_skipped_fraction=0",  # no bad sample tolerated
+            "data.datasets=[{path: a.json, fraction: 1.0}]",
+            "optimization.warmup_ratio=0",
+            "optimization.lr=0",
+            "optimization.max_grad_norm=0",
+            "optimization.epochs=0.5",
+            "output.save_steps=0",
+            "output.save_total_limit=null",
+        ],
+    )
+    assert resolve_config(config).optimization.epochs == 0.5
+
+
+def test_configs_built_in_python_are_checked_when_resolved():
+    with pytest.raises(ConfigError, match=r"'optimization.epochs' must be a finite number >= 0.*, got -1"):
+        resolve_config(TrainConfig(optimization=OptimizationConfig(epochs=-1)))
+    with pytest.raises(ConfigError, match=r"config key 'stage.name': unknown stage 'align'"):
+        resolve_config(load_config(None, ["stage.name=align"]))
 
 
 # ---- model specs included by path ----------------------------------------------------------------

@@ -16,6 +16,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
+from conftest import force_next_token
 from conftest import original_llava_checkpoint as _original_checkpoint
 from conftest import randomized as _randomize
 from llavakit.interop.keys import KeyTable, rename
@@ -321,3 +322,39 @@ def test_original_projector_keys():
     assert list(llavakit_state_dict_from_original({"model.mm_projector.weight": torch.zeros(1)})) == [
         "multi_modal_projector.layers.0.weight"
     ]
+
+
+# ---- generation: a model that writes its own image token ---------------------------------------------
+
+
+def _greedy_new_tokens(model, input_ids, pixel_values, **kwargs) -> torch.Tensor:
+    output = model.generate(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=8,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
+        **kwargs,
+    )
+    return output[:, input_ids.shape[1] :]
+
+
+def test_generated_image_token_gives_transformers_llava_tokens():
+    """`<image>` is row 0's greedy first answer token: with suppression off, generation goes on as
+    transformers' Llava does (the token embedded as text); by default neither model writes it."""
+    model = _randomize(LlavaKitForCausalLM(tiny_llava_config(IMAGE_TOKEN, vocab_size=VOCAB)), seed=7)
+    input_ids, pixel_values = _inputs(model.config.num_image_tokens, IMAGE_TOKEN, seed=8)
+    force_next_token(model, IMAGE_TOKEN, input_ids=input_ids, pixel_values=pixel_values)
+    exported = export_to_transformers(model)
+
+    ours = _greedy_new_tokens(model, input_ids, pixel_values, suppress_tokens=[])
+    theirs = _greedy_new_tokens(exported, input_ids, pixel_values, suppress_tokens=[])
+    assert int(ours[0, 0]) == IMAGE_TOKEN
+    assert torch.equal(ours, theirs)
+
+    assert exported.generation_config.suppress_tokens == [IMAGE_TOKEN]
+    ours = _greedy_new_tokens(model, input_ids, pixel_values)
+    assert IMAGE_TOKEN not in ours.tolist()[0] + ours.tolist()[1]
+    assert torch.equal(ours, _greedy_new_tokens(exported, input_ids, pixel_values))

@@ -19,6 +19,7 @@ from llavakit.data.records import (
     load_records,
     validate_record,
 )
+from llavakit.errors import DataError
 from llavakit.processing.images import load_image
 from llavakit.processing.processor import IGNORE_INDEX, LlavaKitProcessor
 from llavakit.processing.video import FrameSampling
@@ -478,3 +479,66 @@ def test_modality_lengths_count_multi_image_samples_at_base_resolution(tmp_path,
     assert dataset[1]["image_num_crops"].tolist() == [1, 1]
     for index, record in enumerate(records):
         assert dataset.modality_lengths[index] == words(record) + visual_tokens(processor, dataset[index])
+
+
+# ---- paths, text, duplicates and empty files -------------------------------------------------------
+
+
+def test_paths_stay_inside_the_image_folder_unless_the_dataset_allows_it(tmp_path, processor):
+    (tmp_path / "data").mkdir()
+    write_image(tmp_path / "outside.png", 0)
+    records = [
+        {"id": "up", "image": "../outside.png", "conversations": chat("<image>\nWhat?", "Noise.")},
+        {"id": "abs", "image": str(tmp_path / "outside.png"), "conversations": chat("<image>\nWhat?", "Noise.")},
+        {"id": "dotted", "image": "./../outside.png", "conversations": chat("<image>\nWhat?", "Noise.")},
+    ]
+    (tmp_path / "data" / "data.json").write_text(json.dumps(records))
+    strict = check_data([DatasetSpec(tmp_path / "data" / "data.json")], processor, None)
+    assert [reason.split(":")[0] for _, reason in strict.bad_samples] == ["unsafe path"] * 3
+    assert "allow_outside_paths" in strict.bad_samples[0][1]
+    spec = DatasetSpec(tmp_path / "data" / "data.json", allow_outside_paths=True)
+    assert check_data([spec], processor, None).num_bad == 0
+    dataset = LlavaDataset([spec], processor, None)
+    assert all("skipped" not in dataset[i] for i in range(3))
+    assert LlavaDataset([DatasetSpec(tmp_path / "data" / "data.json")], processor, None)[0]["skipped"].startswith(
+        "unsafe path: image path '../outside.png'"
+    )
+
+
+def test_duplicate_ids_are_reported_but_every_sample_is_used(tmp_path, processor):
+    records = [{"id": sample_id, "conversations": chat("Hi?", "Hello.")} for sample_id in ("a", "b", "a", "a", 7, "7")]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    report = check_data([DatasetSpec(tmp_path / "data.json")], processor, None)
+    assert report.num_bad == 0 and report.num_good == 6
+    assert "2 sample id(s) repeat within a dataset (data: 'a' x3, data: '7' x2)" in report.render(width=400)
+    assert LlavaDataset([DatasetSpec(tmp_path / "data.json")], processor, None).duplicate_ids == [
+        ("data", "a", 3),
+        ("data", "7", 2),
+    ]
+
+
+def test_text_that_is_not_unicode_and_files_with_a_bom(tmp_path, processor):
+    good = json.dumps({"id": "ok", "conversations": chat("Hi?", "Hello.")})
+    surrogate = '{"id": "s", "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "\\udfff"}]}'
+    (tmp_path / "data.jsonl").write_bytes(b"\xef\xbb\xbf" + f"{good}\n{surrogate}\n".encode())
+    report = check_data([DatasetSpec(tmp_path / "data.jsonl")], processor, None)
+    assert report.num_good == 1
+    assert report.bad_samples == [
+        ("s", "malformed text: conversations[1].value holds \\udfff, a lone surrogate, not a character")
+    ]
+    (tmp_path / "data.json").write_bytes(b"\xef\xbb\xbf" + f"[{good}]".encode())
+    assert len(load_records(DatasetSpec(tmp_path / "data.json"))) == 1
+
+
+def test_files_without_records_and_unreadable_files_are_data_errors(tmp_path):
+    for name, text, message in [
+        ("blank.jsonl", "\n \n", "holds no records"),
+        ("empty.json", "[]", "holds no records"),
+        ("latin1.json", None, "not UTF-8"),
+    ]:
+        path = tmp_path / name
+        path.write_bytes(b'[{"id": "caf\xe9"}]') if text is None else path.write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_records(DatasetSpec(path))
+    with pytest.raises(DataError, match="is not a folder"):
+        load_records(DatasetSpec(tmp_path / "empty.json", image_folder=tmp_path / "nowhere"))

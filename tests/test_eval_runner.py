@@ -7,6 +7,7 @@ runner reports can be compared with hand-computed values.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -15,7 +16,9 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from conftest import force_next_token
 from llavakit.cli import main
+from llavakit.errors import OutputPathError
 from llavakit.eval.baselines import baselines, chance_accuracy, majority_accuracy
 from llavakit.eval.metrics import task_metrics
 from llavakit.eval.questions import (
@@ -25,7 +28,7 @@ from llavakit.eval.questions import (
     set_name,
 )
 from llavakit.eval.report import result_table, results_markdown, results_table
-from llavakit.eval.runner import evaluate, evaluate_files, question_prompt
+from llavakit.eval.runner import evaluate, evaluate_files, generate_answers, question_prompt
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.images import CLIP_MEAN, CLIP_STD
 from llavakit.processing.processor import LlavaKitProcessor
@@ -481,3 +484,32 @@ def test_eval_command_on_a_synthetic_world(tiny, tmp_path, capsys):
 
     assert main(["eval", str(checkpoint), str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_output_folder_is_checked_before_generation(tiny, image_folder, tmp_path):
+    _, processor = tiny
+    questions = write_jsonl(
+        image_folder / "eval_pope.jsonl", [{"id": "a", "image": "red.png", "question": "Q?", "answer": "yes"}]
+    )
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    for output in (blocker, blocker / "eval"):
+        with pytest.raises(OutputPathError, match="a_file"):
+            evaluate_files(NoGeneration(), processor, [questions], output_dir=output, progress=False)
+    assert blocker.read_text() == "mine"
+
+
+def test_a_model_that_prefers_its_image_token_still_answers(tiny, image_folder):
+    """Default suppression: the answer is the best non-placeholder continuation, and the run completes."""
+    model, processor = tiny
+    model = copy.deepcopy(model)
+    prompt = question_prompt(processor, {"question": "What colour?", "image": "red.png"})
+    inputs = processor(text=prompt, images=[Image.open(image_folder / "red.png")], return_tensors="pt")
+    force_next_token(model, model.config.image_token_id, **inputs)
+    output = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=[])
+    assert int(output[0, inputs["input_ids"].shape[1]]) == model.config.image_token_id
+    answers = generate_answers(model, processor, [prompt], [[Image.open(image_folder / "red.png")]], max_new_tokens=3)
+    expected = model.generate(**inputs, max_new_tokens=3, do_sample=False, eos_token_id=processor.stop_token_ids)
+    assert model.config.image_token_id not in expected[0].tolist()[inputs["input_ids"].shape[1] :]
+    new = expected[0, inputs["input_ids"].shape[1] :]
+    assert answers == [processor.tokenizer.decode(new, skip_special_tokens=True).strip()]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from llavakit.errors import DataError
 from llavakit.processing.images import (
     CLIP_MEAN,
     CLIP_STD,
@@ -221,3 +226,92 @@ def test_max_pixels_is_enforced_before_decoding(tmp_path):
         load_image(path, max_pixels=1999)
     assert load_image(path, max_pixels=2000).size == (50, 40)
     assert load_image(path, max_pixels=None).size == (50, 40)
+
+
+# ---- extreme aspect ratios: same pixels, bounded memory ----------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["square", "pad"])
+@pytest.mark.parametrize(
+    "shape", [(20, 1200), (1200, 20), (1, 700), (700, 1), (3, 1400), (1400, 3), (2, 2000), (2000, 2)], ids=str
+)
+def test_extreme_aspect_ratios_stay_within_one_level_of_transformers(mode, shape):
+    """Equal pixels up to MAX_SIDE_RATIO (64): a square crop of at least 1/64 of the image, a pad side of
+    at most 64 x 24 pixels; beyond, within one 8-bit level (one level is 1 / 255 / std after normalising)."""
+    image = random_image(*shape, seed=3)
+    config = ImageProcessingConfig(mode=mode, size=24)
+    exact = max(shape) / min(shape) <= 64 if mode == "square" else max(shape) <= 64 * 24
+    atol = 1e-5 if exact else 1 / 255 / min(CLIP_STD) + 1e-5
+    np.testing.assert_allclose(preprocess(image, config), reference(image, config), atol=atol, rtol=0)
+
+
+# The peak resident memory of preprocessing a thin PNG, per mode and image, in a fresh interpreter:
+# Linux's peak (VmHWM, reset through /proc/self/clear_refs before each call) minus the resident
+# memory just before. The address space is capped 1 GiB above what the process has mapped, so a
+# regression (square mode once took 3.2 GB for 3000x1 and 21 GB for 20000x1) fails here quickly.
+MEMORY_PROBE = r"""
+import io, json, resource, sys
+import numpy as np
+from PIL import Image
+from llavakit.model import anyres
+from llavakit.processing.highres import HighResConfig, preprocess_highres
+from llavakit.processing.images import ImageProcessingConfig, load_image, preprocess
+
+def status(key):
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(key + ":"))
+
+def runner(mode):
+    if mode in ("square", "pad"):
+        config = ImageProcessingConfig(mode=mode, size=336)
+        return lambda image: preprocess(image, config)
+    grids = {"hd": (224, anyres.hd_pinpoints(224, 6)), "anyres_max_9": (384, anyres.grid_pinpoints(384))}
+    size, pinpoints = grids[mode]
+    highres = HighResConfig(mode, size, 14, tuple(map(tuple, pinpoints)))
+    config = ImageProcessingConfig(mode="pad", size=size)
+    return lambda image: preprocess_highres(image, highres, config).pixel_values
+
+warm = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+runners = {mode: runner(mode) for mode in sys.argv[2:]}
+for run in runners.values():
+    run(warm)
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (1 << 30), resource.RLIM_INFINITY))
+peaks = {}
+for side in (3000, 20000):
+    for width, height in ((side, 1), (1, side)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+        image = load_image(buffer.getvalue())
+        for mode, run in runners.items():
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets VmHWM to the resident memory now
+            before = status("VmRSS")
+            run(image)
+            peaks[f"{mode} {width}x{height}"] = (status("VmHWM") - before) / 2**20
+print(json.dumps(peaks))
+"""
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's resettable peak RSS")
+def test_preprocessing_memory_is_bounded_for_extreme_aspect_ratios():
+    """Peak memory above the process before the call: at most 32 MB for a 3000x1 / 1x3000 image and
+    64 MB for 20000x1 / 1x20000, in every mode (outputs are 1-4 MB; measured: at most 9 MB and 34 MB,
+    see benchmarks/preprocess_memory.py). Before the fix square took 3.2 GB and 21 GB, pad 36 MB and 1.5 GB."""
+    modes = ["square", "pad", "hd", "anyres_max_9"]
+    done = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, "probe", *modes], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(peaks) == 4 * len(modes)
+    too_big = {case: mb for case, mb in peaks.items() if mb > (32 if "3000" in case else 64)}
+    assert not too_big, peaks
+
+
+def test_load_image_raises_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "not_an_image.png"
+    path.write_bytes(b"plain text")
+    with pytest.raises(DataError, match="not_an_image.png"):
+        load_image(path)
+    with pytest.raises(DataError, match="gone.png does not exist"):
+        load_image(tmp_path / "gone.png")

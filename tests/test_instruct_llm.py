@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,6 +50,14 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "instruct.md"
 BASE_DELAY = 0.01
 # How long a `slow_once` reply waits for the client's retry before answering after all.
 HOLD_SECONDS = 30.0
+# A `trickle` reply sends its body one byte at a time, this far apart (a whole reply takes minutes).
+TRICKLE_SECONDS = 0.2
+# `usage` fields of servers that break the protocol, by rule.
+UNUSUAL_USAGE = {
+    "usage_not_numbers": {"prompt_tokens": "many", "completion_tokens": 1.5, "total_tokens": None},
+    "usage_text": "lots",
+    "usage_negative": {"prompt_tokens": -3, "completion_tokens": True},
+}
 
 
 class Stub:
@@ -63,6 +72,7 @@ class Stub:
         self.auth_headers: set[str] = set()
         self.retry_arrived = threading.Event()  # `slow_once`: a second request came for the held one
         self.late_replies = 0  # held replies released by that second request: the client had given up
+        self.trickling = 0  # `trickle` replies started
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -119,6 +129,8 @@ class Stub:
             return 500, {}, {"error": {"message": "down"}}
         if rule == "unauthorized":
             return 401, {}, {"error": {"message": "bad key"}}
+        if rule == "not_json":
+            return 200, {"X-Raw": "1"}, {"raw": "<html>busy, try later</html>"}
         if rule == "always_malformed" or (rule == "malformed_once" and not is_retry):
             content = "Sure! Here is a conversation about the caption you gave me."
         else:
@@ -128,24 +140,29 @@ class Stub:
         with self.lock:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
-        return (
-            200,
-            {},
-            {
-                "id": f"cmpl-{scene.id}-{kind}-{n}",
-                "object": "chat.completion",
-                "created": 0,
-                "model": body["model"],
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            },
-        )
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        payload = {
+            "id": f"cmpl-{scene.id}-{kind}-{n}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+            "usage": UNUSUAL_USAGE.get(rule, usage),
+        }
+        return 200, {"X-Trickle": "1"} if rule == "trickle" else {}, payload
+
+    def trickle(self, stream, data: bytes) -> None:
+        """Send `data` one byte per TRICKLE_SECONDS: every read gets something, so no read times out."""
+        with self.lock:
+            self.trickling += 1
+        for byte in data:
+            stream.write(bytes([byte]))
+            stream.flush()
+            time.sleep(TRICKLE_SECONDS)
 
     def _handler(self):
         stub = self
@@ -155,7 +172,7 @@ class Stub:
                 assert self.path == "/v1/chat/completions", self.path
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, headers, payload = stub.respond(body, self.headers.get("Authorization", ""))
-                data = json.dumps(payload).encode()
+                data = payload["raw"].encode() if "X-Raw" in headers else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
@@ -163,7 +180,10 @@ class Stub:
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if "X-Trickle" in headers:
+                        stub.trickle(self.wfile, data)
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and closed the connection
 
@@ -365,6 +385,45 @@ def test_timeouts_are_retried(world, tmp_path):
         assert stub.hits[key] == 2 and report.written == 1 and report.failed == []
         assert report.usage.requests == 2 and report.usage.retries == 1
         assert report.usage.prompt_tokens == stub.prompt_tokens > 0  # only the answered request counts
+
+
+def test_a_trickling_reply_is_cut_at_the_deadline(world, tmp_path):
+    """A server that sends one byte every 0.2 s never trips a per-read timeout; the deadline per attempt
+    (timeout=0.5 s) cuts each attempt, so two attempts end in about a second instead of minutes."""
+    scenes = load_scenes(world / "scenes_train.jsonl")[:1]
+    with Stub(scenes, {(scenes[0].id, "detail"): "trickle"}) as stub:
+        start = time.monotonic()
+        report = generate(scenes, tmp_path / "t.jsonl", _config(stub, timeout=0.5, max_attempts=2), ["detail"])
+        elapsed = time.monotonic() - start
+    assert stub.trickling == 2 and report.written == 0
+    assert report.failed == [
+        (f"{scenes[0].id}-detail", "timeout: no whole reply within 0.5 s, gave up after 2 attempts")
+    ]
+    assert report.usage.requests == 2 and report.usage.retries == 1
+    assert elapsed < 8.0, elapsed
+
+
+@pytest.mark.parametrize("rule", sorted(UNUSUAL_USAGE))
+def test_a_usage_field_that_is_not_whole_numbers_is_counted_as_missing(world, tmp_path, rule):
+    scenes = load_scenes(world / "scenes_train.jsonl")[:2]
+    with Stub(scenes, {(scenes[0].id, "detail"): rule}) as stub:
+        report = generate(scenes, tmp_path / "u.jsonl", _config(stub), ["detail"], cache_dir=tmp_path / "cache")
+        assert report.written == 2 and report.failed == []
+        assert report.usage.responses_without_usage == 1
+        # only the well-formed reply's counts are added (a negative count or a boolean is no count either)
+        assert 0 < report.usage.prompt_tokens < stub.prompt_tokens and report.usage.completion_tokens > 0
+        assert "1 responses had no usable usage field" in report.summary()
+        again = generate(scenes, tmp_path / "u2.jsonl", _config(stub), ["detail"], cache_dir=tmp_path / "cache")
+        assert again.usage.cache_hits == 2 and again.written == 2  # the cached reply reads back as well
+
+
+def test_a_reply_that_is_not_json_fails_the_sample_by_name(world, tmp_path):
+    scenes = load_scenes(world / "scenes_train.jsonl")[:2]
+    with Stub(scenes, {(scenes[0].id, "detail"): "not_json"}) as stub:
+        report = generate(scenes, tmp_path / "n.jsonl", _config(stub, max_attempts=2), ["detail"])
+        assert stub.hits[(scenes[0].id, "detail")] == 2 and report.written == 1
+    (sample_id, reason), *_ = report.failed
+    assert sample_id == f"{scenes[0].id}-detail" and reason.startswith("the reply is not a chat completion")
 
 
 def test_generate_main_reads_the_environment_and_returns_status(world, tmp_path, monkeypatch, capsys):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from transformers import DynamicCache
 
+from conftest import force_next_token
 from llavakit import LlavaKitConfig, LlavaKitForCausalLM
 from llavakit.model.connectors import CONNECTORS, build_connector, register_connector
 from llavakit.tiny import tiny_llava_config
@@ -246,3 +250,84 @@ def test_build_model_from_config_dicts():
     assert model.get_image_features(pixels(1)).shape == (1, 15, 64)
     with pytest.raises(ValueError, match="model_type"):
         build_model(ModelSpec(vision=dict(hidden_size=4), language=dict(model_type="qwen2"), image_token_id=1))
+
+
+# ---- placeholders in generated text ------------------------------------------------------------------
+
+
+def forced_image_token_model() -> tuple[LlavaKitForCausalLM, dict[str, torch.Tensor]]:
+    """A model whose greedy first answer token is `<image>`, and the prompt it says it after."""
+    model = make_model()
+    inputs = {"input_ids": prompt_with_images(model.config, num_images=1)[None], "pixel_values": pixels(1)}
+    force_next_token(model, IMAGE_TOKEN, **inputs)
+    return model, inputs
+
+
+def greedy(model, inputs, **kwargs) -> torch.Tensor:
+    output = model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0, **kwargs)
+    return output[0, inputs["input_ids"].shape[1] :]
+
+
+def test_a_generated_image_token_is_embedded_as_text_after_prefill():
+    model, inputs = forced_image_token_model()
+    new = greedy(model, inputs, suppress_tokens=[])
+    assert int(new[0]) == IMAGE_TOKEN
+    # The same steps by hand: prefill with the image, then each token alone with the cache, no pixels.
+    step = model(**inputs, use_cache=True)
+    tokens = [int(step.logits[0, -1].argmax())]
+    for _ in range(5):
+        step = model(input_ids=torch.tensor([[tokens[-1]]]), cache=step.cache, use_cache=True)
+        tokens.append(int(step.logits[0, -1].argmax()))
+    assert new.tolist() == tokens
+
+
+def test_placeholders_are_suppressed_by_default():
+    model, inputs = forced_image_token_model()
+    assert model.generation_config.suppress_tokens == [IMAGE_TOKEN]
+    assert IMAGE_TOKEN not in greedy(model, inputs).tolist()
+    with_video = make_model(video_token_id=601)
+    assert with_video.generation_config.suppress_tokens == [IMAGE_TOKEN, 601]
+
+
+def test_suppression_is_saved_restored_for_older_checkpoints_and_can_be_turned_off(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    assert LlavaKitForCausalLM.from_pretrained(tmp_path).generation_config.suppress_tokens == [IMAGE_TOKEN]
+    saved = tmp_path / "generation_config.json"
+    older = {k: v for k, v in json.loads(saved.read_text()).items() if k != "suppress_tokens"}
+    saved.write_text(json.dumps(older))  # written before the default existed
+    assert LlavaKitForCausalLM.from_pretrained(tmp_path).generation_config.suppress_tokens == [IMAGE_TOKEN]
+    saved.write_text(json.dumps({**older, "suppress_tokens": []}))  # turned off on purpose
+    assert LlavaKitForCausalLM.from_pretrained(tmp_path).generation_config.suppress_tokens == []
+
+
+def test_only_the_prefill_step_requires_pixel_values():
+    model = make_model()
+    input_ids = prompt_with_images(model.config, num_images=1)[None]
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=input_ids, cache=DynamicCache(config=model.config.text_config))
+    cache = model(input_ids=input_ids, pixel_values=pixels(1), use_cache=True).cache
+    later = model(input_ids=torch.tensor([[IMAGE_TOKEN]]), cache=cache, use_cache=True)
+    assert torch.isfinite(later.logits).all()
+
+
+@pytest.mark.parametrize("attention", [None, "eager"])
+def test_composed_model_is_causal(attention):
+    """A later token never changes earlier logits: the composed decoder keeps its attention implementation."""
+    from llavakit.model.build import ModelSpec, build_model
+    from llavakit.tiny import tiny_text_config, tiny_vision_config
+
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        vision=tiny_vision_config().to_dict(),
+        language=tiny_text_config().to_dict(),
+        image_token_id=5,
+        attn_implementation=attention,
+    )
+    model = build_model(spec).eval()
+    assert model.config.text_config._attn_implementation == (attention or "sdpa")
+    ids = torch.randint(10, 600, (1, 12), generator=torch.Generator().manual_seed(1))
+    changed = ids.clone()
+    changed[0, -1] = 7
+    with torch.no_grad():
+        before, after = model(input_ids=ids).logits, model(input_ids=changed).logits
+    torch.testing.assert_close(before[0, :-1], after[0, :-1], rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llavakit.errors import ConfigError
 from llavakit.synthetic.world import (
     COLOUR_RGB,
     TEXT_RGB,
@@ -21,6 +22,7 @@ from llavakit.synthetic.world import (
     SceneWord,
     WorldConfig,
     caption,
+    check_split,
     describe,
     generate_scene,
     generate_world,
@@ -223,3 +225,23 @@ def test_load_scenes_names_bad_line(tmp_path):
     path.write_text(json.dumps(generate_world(1)[0].to_dict()) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"scenes.jsonl:2"):
         load_scenes(path)
+
+
+def test_a_world_keeps_at_least_one_training_and_one_test_scene(tmp_path):
+    for n, fraction in [(2, 0.5), (10, 0.1), (10, 0.9), (1000, 0.2)]:
+        check_split(n, fraction)  # round(n * fraction) in 1 .. n - 1
+    refused = {
+        (1, 0.5): "at least 2 scenes",
+        (0, 0.2): "at least 2 scenes",
+        (10, 1.0): "strictly between 0 and 1",
+        (10, 0.0): "strictly between 0 and 1",
+        (10, float("nan")): "strictly between 0 and 1",
+        (10, 0.05): "leaves no test scene",  # round(0.5) == 0, as split_scenes rounds
+        (10, 0.96): "leaves no training scene",
+    }
+    for (n, fraction), message in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            check_split(n, fraction)
+    with pytest.raises(ConfigError, match="test_fraction=1.0"):
+        write_world(tmp_path / "w", n=5, test_fraction=1.0)
+    assert not (tmp_path / "w").exists()

@@ -69,7 +69,6 @@ def test_ddp_tolerates_unused_parameters_only_when_some_can_be_unused():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["optimization.warmup_ratio=3"], r"warmup_ratio is a share of the steps in \[0, 1\)"),
         (["distributed.deepspeed=nowhere/zero9.json"], "distributed.deepspeed: nowhere/zero9.json does not exist"),
         (
             [f"distributed.deepspeed={CONFIGS / 'deepspeed/zero3.json'}", "distributed.fsdp=true"],

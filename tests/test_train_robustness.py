@@ -68,27 +68,28 @@ def test_bad_samples_are_skipped_counted_and_reported(tmp_path):
 
 
 def test_too_many_bad_samples_stop_the_run_naming_the_count(tmp_path):
+    # 11 samples in batches of 4 (4, 4, 3): the run draws at most 12, and all 11 are drawn. 3 bad are
+    # under 26 % of 12, so only the share at the end (27.3 % of 11) stops it.
     with pytest.raises(
         TooManyBadSamplesError,
-        match=r"3 of 11 samples were skipped as bad \(27\.3%\), more than "
-        r"data\.max_skipped_fraction=0\.1",
+        match=r"3 of 11 samples were skipped as bad \(27\.3%\), more than data\.max_skipped_fraction=0\.26",
     ):
         run_training(
             tiny_finetune(
                 tmp_path,
-                "data.max_skipped_fraction=0.1",
-                "optimization.global_batch_size=11",
-                "optimization.per_device_batch_size=11",
+                "data.max_skipped_fraction=0.26",
+                "optimization.global_batch_size=4",
+                "optimization.per_device_batch_size=4",
             )
         )
     assert SkipReport.load(tmp_path / "run").num_skipped == 3  # reported before stopping
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    # during the run, once enough samples were drawn
+    # during the run, once enough samples were drawn and the share so far is over
     with pytest.raises(TooManyBadSamplesError, match=r"(\d+) of (\d+) samples were skipped") as stopped:
         run_training(
             tiny_finetune(
                 tmp_path / "early",
-                "data.max_skipped_fraction=0.01",
+                "data.max_skipped_fraction=0.2",
                 "data.skip_check_min_samples=4",
                 "optimization.global_batch_size=1",
                 "optimization.per_device_batch_size=1",
@@ -99,6 +100,29 @@ def test_too_many_bad_samples_stop_the_run_naming_the_count(tmp_path):
     assert 4 <= early.seen < 55 and f"{early.num_skipped} of {early.seen} samples" in str(stopped.value)
 
 
+def test_a_run_stops_once_its_bad_share_is_certain_to_end_over_the_limit(tmp_path):
+    # 5 epochs of 11 samples (3 bad), one per step: at most 55 samples, of which 1 % is 0.55. The
+    # first bad sample already settles it, long before the first epoch ends (and whatever
+    # skip_check_min_samples says).
+    with pytest.raises(
+        TooManyBadSamplesError,
+        match=r"1 of the (\d+) samples drawn so far were skipped as bad: more than "
+        r"data\.max_skipped_fraction=0\.01 of the at most 55 samples this run draws",
+    ) as stopped:
+        run_training(
+            tiny_finetune(
+                tmp_path,
+                "data.max_skipped_fraction=0.01",
+                "optimization.global_batch_size=1",
+                "optimization.per_device_batch_size=1",
+                "optimization.epochs=5",
+            )
+        )
+    report = SkipReport.load(tmp_path / "run")
+    assert report.num_skipped == 1 and report.seen < 11
+    assert f"1 of the {report.seen} samples" in str(stopped.value)
+
+
 def test_skip_policy_thresholds():
     policy = SkipPolicy(max_fraction=0.1, min_samples=100)
     policy.check(seen=50, skipped=40)  # too early to judge
@@ -107,6 +131,13 @@ def test_skip_policy_thresholds():
         policy.check(seen=200, skipped=21)
     with pytest.raises(TooManyBadSamplesError, match="40 of 50 samples"):
         policy.check(seen=50, skipped=40, final=True)
+    # of at most 1000 samples, 100 bad are allowed; the 101st settles it however early it comes
+    SkipPolicy(max_fraction=0.1, min_samples=10_000).check(seen=150, skipped=100, planned=1000)
+    with pytest.raises(TooManyBadSamplesError, match=r"101 of the 150 samples drawn so far .* at most 1000 samples"):
+        SkipPolicy(max_fraction=0.1, min_samples=10_000).check(seen=150, skipped=101, planned=1000)
+    SkipPolicy(max_fraction=0.0).check(seen=10, skipped=0, planned=100)  # 0: none tolerated, none met
+    with pytest.raises(TooManyBadSamplesError):
+        SkipPolicy(max_fraction=0.0).check(seen=10, skipped=1, planned=100)
 
 
 def test_lora_trains_adapters_and_the_connector_then_merges(tmp_path):

@@ -14,12 +14,19 @@ from llavakit.errors import LlavaKitError
 
 
 def _chat(args: argparse.Namespace) -> int:
+    from llavakit.processing.images import load_image
     from llavakit.serve.chat import ChatSession, bundled_image_path, load_chat_model
 
+    if args.max_new_tokens < 1 or args.temperature < 0:
+        raise ValueError(
+            f"--max-new-tokens must be at least 1 and --temperature at least 0, "
+            f"got {args.max_new_tokens} and {args.temperature}"
+        )
+    image = Path(args.image) if args.image else bundled_image_path()
+    load_image(image)  # a missing or broken image fails before the model loads
     model, processor = load_chat_model(args.model, device=args.device)
     if args.model is None:
         print("No --model given: using a tiny random model built offline (its answers are noise).", file=sys.stderr)
-    image = Path(args.image) if args.image else bundled_image_path()
     session = ChatSession(model, processor, image, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     if args.question:
         for question in args.question:
@@ -45,14 +52,16 @@ def _demo(args: argparse.Namespace) -> int:
     settings = preset(args.size)
     if args.seed is not None:
         settings = settings.replace(seed=args.seed)
-    run_demo(args.output, settings)
+    run_demo(args.output, settings, overwrite=args.overwrite)
     return 0
 
 
 def _import(args: argparse.Namespace) -> int:
     from llavakit.interop.folders import import_checkpoint
 
-    import_checkpoint(args.source, args.output, template=args.template, vision_tower=args.vision_tower)
+    import_checkpoint(
+        args.source, args.output, template=args.template, vision_tower=args.vision_tower, overwrite=args.overwrite
+    )
     print(f"wrote llavakit checkpoint to {args.output}")
     return 0
 
@@ -60,7 +69,7 @@ def _import(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from llavakit.interop.folders import export_checkpoint
 
-    export_checkpoint(args.checkpoint, args.output)
+    export_checkpoint(args.checkpoint, args.output, overwrite=args.overwrite)
     print(
         "wrote transformers checkpoint (Llava, LlavaNext or LlavaOnevision, by the model's image mode) "
         f"to {args.output}"
@@ -81,13 +90,17 @@ def _eval(args: argparse.Namespace) -> int:
         device=args.device,
         task=args.task,
         on_bad_image="skip" if args.skip_bad_images else "error",
+        overwrite=args.overwrite,
     )
 
 
 def _data_synth(args: argparse.Namespace) -> int:
+    from llavakit.output_paths import prepare_output_dir
     from llavakit.synthetic.instruct import write_instruct_files
-    from llavakit.synthetic.world import write_world
+    from llavakit.synthetic.world import check_split, write_world
 
+    check_split(args.n, args.test_fraction)  # before the folder is touched
+    prepare_output_dir(args.output, args.overwrite, "synth output folder")
     manifest = write_world(args.output, n=args.n, seed=args.seed, test_fraction=args.test_fraction)
     files = write_instruct_files(manifest.root, seed=args.seed)
     print(f"wrote {args.n} scenes to {manifest.root}")
@@ -117,6 +130,8 @@ _TEACHER_OPTIONS = (
 
 
 def _data_instruct(args: argparse.Namespace) -> int:
+    from llavakit.errors import ConfigError
+
     teacher = {
         name: getattr(args, name)
         for name in _TEACHER_OPTIONS
@@ -125,12 +140,15 @@ def _data_instruct(args: argparse.Namespace) -> int:
     if args.backend == "offline":
         if teacher:
             flags = ", ".join("--" + name.replace("_", "-") for name in teacher)
-            raise ValueError(f"{flags}: only for --backend openai")
+            raise ConfigError(f"{flags}: only for --backend openai")
         from llavakit.synthetic.instruct import write_instruct_files
 
-        for name, path in write_instruct_files(args.world, args.output, seed=args.seed).items():
+        files = write_instruct_files(args.world, args.output, seed=args.seed, overwrite=args.overwrite)
+        for name, path in files.items():
             print(f"{name}: {path}")
         return 0
+    if args.overwrite:
+        raise ConfigError("--overwrite: only for --backend offline (the openai backend appends and resumes)")
     from llavakit.synthetic.teacher import generate_main
 
     if teacher.get("max_tokens") == 0:
@@ -152,12 +170,19 @@ def _data_instruct(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from llavakit.data.check import check_data
+    from llavakit.data.check import check_data, load_processor
     from llavakit.data.records import DatasetSpec
-    from llavakit.processing.processor import LlavaKitProcessor
+    from llavakit.errors import ConfigError
 
-    processor = LlavaKitProcessor.from_pretrained(args.processor) if args.processor else None
-    specs = [DatasetSpec(path, image_folder=args.image_folder) for path in args.data]
+    if args.max_length is not None and not args.processor:
+        raise ConfigError("--max-length needs --processor: lengths are counted in the processor's tokens")
+    if args.max_length is not None and args.max_length < 1:
+        raise ConfigError(f"--max-length must be at least 1, got {args.max_length}")
+    processor = load_processor(args.processor) if args.processor else None
+    specs = [
+        DatasetSpec(path, image_folder=args.image_folder, allow_outside_paths=args.allow_outside_paths)
+        for path in args.data
+    ]
     report = check_data(specs, processor, args.max_length)
     print(report.render())
     return 1 if report.num_bad else 0
@@ -166,18 +191,19 @@ def _data_check(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from llavakit.train.run import train_main
 
-    return train_main(args.config, args.overrides)
+    overrides = [*args.overrides, "output.overwrite=true"] if args.overwrite else args.overrides
+    return train_main(args.config, overrides)
 
 
 def _add_chat(commands: argparse._SubParsersAction) -> None:
     """`llavakit chat`: ask a model about an image."""
     chat = commands.add_parser("chat", help="ask a model about an image")
-    chat.add_argument("--model", help="llavakit checkpoint folder (default: a tiny random model)")
+    chat.add_argument("--model", help="local llavakit checkpoint folder (default: a tiny random model)")
     chat.add_argument("--image", help="image file (default: a bundled picture)")
     chat.add_argument("--question", "-q", action="append", help="ask and exit; repeat for several turns")
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    chat.add_argument("--device", default="cpu")
+    chat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (checked before loading)")
     chat.set_defaults(run=_chat)
 
 
@@ -192,6 +218,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--size", choices=("full", "quick"), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
     demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")
     demo.set_defaults(run=_demo)
 
@@ -201,8 +228,9 @@ def _add_import(commands: argparse._SubParsersAction) -> None:
     importer = commands.add_parser(
         "import", help="transformers Llava / LlavaNext / LlavaOnevision or original LLaVA folder -> llavakit checkpoint"
     )
-    importer.add_argument("source")
-    importer.add_argument("output")
+    importer.add_argument("source", help="local folder (download a hub model first: hf download NAME --local-dir DIR)")
+    importer.add_argument("output", help="new or empty folder for the llavakit checkpoint")
+    importer.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder and write there")
     importer.add_argument("--template", help="conversation template (default: chosen from the language model)")
     importer.add_argument(
         "--vision-tower", help="original LLaVA: local folder of the vision tower named in mm_vision_tower"
@@ -217,28 +245,30 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
         help="llavakit checkpoint -> transformers Llava (fixed), LlavaNext (anyres, hd) "
         "or LlavaOnevision (anyres_max_N) folder",
     )
-    exporter.add_argument("checkpoint")
-    exporter.add_argument("output")
+    exporter.add_argument("checkpoint", help="local llavakit checkpoint folder")
+    exporter.add_argument("output", help="new or empty folder for the transformers checkpoint")
+    exporter.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder and write there")
     exporter.set_defaults(run=_export)
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
     """`llavakit eval`: greedy answers to question files, scored."""
     evaluation = commands.add_parser("eval", help="answer question files greedily; metrics, baselines, predictions")
-    evaluation.add_argument("model", help="llavakit checkpoint folder")
+    evaluation.add_argument("model", help="local llavakit checkpoint folder")
     evaluation.add_argument(
         "data", nargs="+", help="question files (.jsonl / .json), e.g. eval_vqa.jsonl eval_pope.jsonl"
     )
     evaluation.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
-    evaluation.add_argument("--output", help="folder for predictions_<set>.jsonl, results.json and results.md")
+    evaluation.add_argument(
+        "--output", help="new or empty folder for predictions_<set>.jsonl, results.json and results.md"
+    )
+    evaluation.add_argument(
+        "--overwrite", action="store_true", help="replace earlier results: empty a non-empty --output folder"
+    )
     evaluation.add_argument("--batch-size", type=int, default=8)
     evaluation.add_argument("--max-new-tokens", type=int, default=128)
-    evaluation.add_argument("--device", default="cpu")
-    evaluation.add_argument(
-        "--task",
-        choices=("vqa", "exact", "counting", "pope"),
-        help="scoring for every file (default: from each file's name)",
-    )
+    evaluation.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (checked before loading)")
+    evaluation.add_argument("--task", help="scoring for every file: vqa, exact, counting, pope (default: by file name)")
     evaluation.add_argument(
         "--skip-bad-images",
         action="store_true",
@@ -258,6 +288,12 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("config", help="YAML recipe (see configs/)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in output.dir (its files are removed first); "
+        "without it a non-empty output.dir is refused unless output.resume=true continues it",
+    )
     train.set_defaults(run=_train)
 
 
@@ -275,7 +311,10 @@ def _add_data_synth(data_commands: argparse._SubParsersAction) -> None:
     synth.add_argument("output")
     synth.add_argument("--n", type=int, default=1000, help="number of images")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--test-fraction", type=float, default=0.2)
+    synth.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of scenes held out for evaluation, in (0, 1)"
+    )
+    synth.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder and write there")
     synth.set_defaults(run=_data_synth)
 
 
@@ -291,6 +330,9 @@ def _add_data_instruct(data_commands: argparse._SubParsersAction) -> None:
     )
     instruct.add_argument("world", help="folder written by `llavakit data synth`")
     instruct.add_argument("--output", help="default: the world folder")
+    instruct.add_argument(
+        "--overwrite", action="store_true", help="offline: replace pretrain.json, instruct.json, eval_*.jsonl there"
+    )
     instruct.add_argument("--seed", type=int, default=0)
     instruct.add_argument("--backend", choices=("offline", "openai"), default="offline")
     teacher = instruct.add_argument_group("openai backend")
@@ -327,7 +369,12 @@ def _add_data_check(data_commands: argparse._SubParsersAction) -> None:
     check.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
     check.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
     check.add_argument("--processor", help="processor or checkpoint folder: enables token counts and length checks")
-    check.add_argument("--max-length", type=int, default=None)
+    check.add_argument("--max-length", type=int, default=None, help="longest sample in tokens (needs --processor)")
+    check.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="accept absolute image paths and paths with '..' (default: such a sample is bad, unsafe path)",
+    )
     check.set_defaults(run=_data_check)
 
 

@@ -11,6 +11,7 @@ old checkpoint kept by rotation).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from llavakit.errors import OutputExistsError, OutputPathError
@@ -52,3 +53,22 @@ def check_writable_file(path: str | Path, what: str = "output file") -> Path:
         raise OutputPathError(f"{what} {path} is a folder, not a file")
     check_writable_dir(path.parent, f"the folder of {what} {path}:")
     return path
+
+
+def check_clear_of_inputs(output: str | Path, inputs: Iterable[str | Path], what: str = "input") -> Path:
+    """`output` (checked) neither is nor holds any of `inputs`: emptying it with --overwrite would delete them."""
+    output = check_writable_dir(output)
+    resolved = output.resolve()
+    for path in inputs:
+        held = Path(path).resolve()
+        if resolved == held or resolved in held.parents:
+            raise OutputPathError(f"output folder {output} holds the {what} {path}; --overwrite would delete it")
+    return output
+
+
+def check_output_dir(output: str | Path, overwrite: bool, inputs: Iterable[str | Path], what: str = "input") -> Path:
+    """Before any work: a file in the way, earlier work without `overwrite`, or an input inside the folder."""
+    output = check_clear_of_inputs(output, inputs, what)
+    if not overwrite and output.is_dir() and any(output.iterdir()):
+        prepare_output_dir(output, overwrite=False)  # raises OutputExistsError, naming the folder
+    return output

@@ -10,8 +10,10 @@ headers at most.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,18 +22,22 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from llavakit.data.records import (
+    LOAD_ERROR_KEY,
     BadSampleError,
     DatasetSpec,
-    encode_record,
+    encode_sample,
     image_paths,
     load_records,
     sample_id_of,
     turn_texts,
     video_paths,
 )
+from llavakit.errors import ConfigError
 from llavakit.processing.processor import LlavaKitProcessor
 
 _EXIF_ORIENTATION = 0x0112
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -98,7 +104,11 @@ def _image_tokens(processor: LlavaKitProcessor, path: Path, base_only: bool) -> 
 
 
 def estimate_visual_tokens(
-    record: Any, image_folder: str | Path, processor: LlavaKitProcessor, video_folder: str | Path | None = None
+    record: Any,
+    image_folder: str | Path,
+    processor: LlavaKitProcessor,
+    video_folder: str | Path | None = None,
+    allow_outside_paths: bool = False,
 ) -> int:
     """The record's `<image>` and `<video>` tokens as `processor` will write them, without decoding.
 
@@ -109,8 +119,8 @@ def estimate_visual_tokens(
     if not isinstance(record, Mapping):
         return 0
     try:
-        images = image_paths(record, image_folder)
-        videos = video_paths(record, image_folder if video_folder is None else video_folder)
+        images = image_paths(record, image_folder, allow_outside_paths)
+        videos = video_paths(record, image_folder if video_folder is None else video_folder, allow_outside_paths)
     except BadSampleError:
         return 0
     highres = processor.highres
@@ -135,18 +145,46 @@ class MixtureEntry:
     record: Any
 
 
-def read_mixture(specs: Sequence[DatasetSpec], seed: int) -> tuple[list[MixtureEntry], list[int]]:
-    """Entries of every dataset after downsampling, and each dataset's record count before it."""
+@dataclass
+class Mixture:
+    """The records of a mixture after downsampling, each dataset's record count before it, and the
+    sample ids that repeat within a dataset: (dataset name, id, times), in file order."""
+
+    entries: list[MixtureEntry]
+    totals: list[int]
+    duplicate_ids: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def duplicates_summary(self, shown: int = 5) -> str:
+        """One line: how many ids repeat and the first few, or "" when none do."""
+        if not self.duplicate_ids:
+            return ""
+        examples = ", ".join(f"{name}: {sample_id!r} x{times}" for name, sample_id, times in self.duplicate_ids[:shown])
+        more = f", ... ({len(self.duplicate_ids) - shown} more)" if len(self.duplicate_ids) > shown else ""
+        return (
+            f"{len(self.duplicate_ids)} sample id(s) repeat within a dataset ({examples}{more}); every sample is "
+            "still used, but reports and predictions name samples by id"
+        )
+
+
+def read_mixture(specs: Sequence[DatasetSpec], seed: int) -> Mixture:
+    """Entries of every dataset after downsampling, with each dataset's record count before it."""
     if not specs:
-        raise ValueError("a dataset mixture needs at least one DatasetSpec")
-    entries, totals = [], []
+        raise ConfigError("a dataset mixture needs at least one DatasetSpec")
+    mixture = Mixture([], [])
     for index, spec in enumerate(specs):
         records = load_records(spec)
-        totals.append(len(records))
+        mixture.totals.append(len(records))
+        mixture.duplicate_ids += [(spec.name, sample_id, times) for sample_id, times in _repeated_ids(records)]
         numbered = [(sample_id_of(r, f"{spec.name}#{i}"), r) for i, r in enumerate(records)]
         kept = downsample(numbered, float(spec.fraction), seed=_dataset_seed(seed, index))
-        entries += [MixtureEntry(index, sample_id, record) for sample_id, record in kept]
-    return entries, totals
+        mixture.entries += [MixtureEntry(index, sample_id, record) for sample_id, record in kept]
+    return mixture
+
+
+def _repeated_ids(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """Ids that records give themselves more than once (load-error markers aside), in file order."""
+    ids = Counter(sample_id_of(r, "") for r in records if r.get("id") is not None and LOAD_ERROR_KEY not in r)
+    return [(sample_id, times) for sample_id, times in ids.items() if times > 1]
 
 
 def _dataset_seed(seed: int, index: int) -> int:
@@ -160,19 +198,24 @@ class LlavaDataset(Dataset):
     `pixel_values`, and in the grid and video modes `image_sizes`, `image_num_crops`,
     `pixel_values_videos`, `video_num_frames`) plus `sample_id`, or `{"skipped": reason,
     "sample_id": id}` for a bad sample (see the module docstring). Records are parsed once, up
-    front; nothing else is.
+    front; nothing else is. `duplicate_ids` lists the ids that repeat within a dataset
+    (dataset name, id, times); they are logged as a warning when the dataset is built.
     """
 
     def __init__(
         self, specs: Sequence[DatasetSpec], processor: LlavaKitProcessor, max_length: int | None, seed: int = 0
     ):
         if not processor.tokenizer.is_fast:
-            raise ValueError("LlavaDataset needs a fast tokenizer (labels are placed with character offsets)")
+            raise ConfigError("LlavaDataset needs a fast tokenizer (labels are placed with character offsets)")
         self.specs = list(specs)
         self.processor = processor
         self.max_length = max_length
         self.seed = seed
-        self._entries, _ = read_mixture(self.specs, seed)
+        mixture = read_mixture(self.specs, seed)
+        self._entries = mixture.entries
+        self.duplicate_ids = mixture.duplicate_ids
+        if mixture.duplicate_ids:
+            logger.warning("training data: %s", mixture.duplicates_summary())
         self._modality_lengths: list[int] | None = None
 
     def __len__(self) -> int:
@@ -188,14 +231,7 @@ class LlavaDataset(Dataset):
         entry = self._entries[index]
         spec = self.specs[entry.spec_index]
         try:
-            encoded = encode_record(
-                entry.record,
-                spec.images_root,
-                self.processor,
-                self.max_length,
-                spec.response_format_prompt,
-                spec.videos_root,
-            )
+            encoded = encode_sample(entry.record, spec, self.processor, self.max_length)
         except BadSampleError as error:
             return {"skipped": error.reason, "sample_id": entry.sample_id}
         return {**encoded, "sample_id": entry.sample_id}
@@ -213,5 +249,7 @@ class LlavaDataset(Dataset):
 
     def _estimate_length(self, entry: MixtureEntry) -> int:
         spec = self.specs[entry.spec_index]
-        visual = estimate_visual_tokens(entry.record, spec.images_root, self.processor, spec.videos_root)
+        visual = estimate_visual_tokens(
+            entry.record, spec.images_root, self.processor, spec.videos_root, spec.allow_outside_paths
+        )
         return estimate_length(entry.record, self.processor.num_image_tokens, visual)

@@ -11,7 +11,19 @@ placeholder per image, in order; several images make a multi-image sample). `vid
 LLaVA-OneVision's data) is a video file or a folder of frames, or a list of them, relative to
 the dataset's video folder (default: the image folder), one `<video>` placeholder each; it
 needs a model with a `video_token_id`. A record with neither is text-only. Files are a JSON
-list (`.json`) or one record per line (`.jsonl`).
+list (`.json`) or one record per line (`.jsonl`), UTF-8.
+
+Paths stay inside their folder: an absolute path or one with a `..` part is an `unsafe path`
+unless the dataset sets `allow_outside_paths` (recipe key `data.datasets.N.allow_outside_paths`),
+since LLaVA's data names images relative to the image folder and a path that leaves it is
+either a mistake or a file the dataset's author should not reach. Links inside the folder are
+followed (image folders are often assembled from links).
+
+A file that cannot be read as a whole (missing, unknown extension, a `.json` that does not
+parse or nests too deeply, no records at all) raises `DataError` naming it. Sample ids that
+repeat within a dataset are not errors (LLaVA-style sets reuse an image's id for several
+conversations) but are counted and reported by `data check` and logged by training, since
+reports and predictions name samples by id.
 
 Nothing is silently lost. Every record is checked the same way by `llavakit data check`
 (`check_data`, all at once, with a report) and by training (`LlavaDataset.__getitem__`, lazily:
@@ -19,9 +31,9 @@ images and videos are decoded only when a sample is drawn; the length estimates 
 batches read image headers at most). A bad sample gets one reason of the form
 `category: detail`, with category one of:
 
-    malformed JSON, malformed record, malformed turns, empty turn, <image> count mismatch,
-    <video> count mismatch, missing image, corrupt image, missing video, corrupt video,
-    over max length, unsupported, encoding failed
+    malformed JSON, malformed record, malformed text, malformed turns, empty turn,
+    unsafe path, <image> count mismatch, <video> count mismatch, missing image, corrupt image,
+    missing video, corrupt video, over max length, unsupported, encoding failed
 
 In training the sample comes back as `{"skipped": reason, "sample_id": id}`; the collators
 drop it from the batch and list it under `skipped_samples`, so the trainer counts and reports it.
@@ -30,13 +42,14 @@ drop it from the batch and list it under `skipped_samples`, so the trainer count
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from PIL import Image
 
+from llavakit.errors import ConfigError, DataError
 from llavakit.processing.images import load_image
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.processing.templates import IMAGE_PLACEHOLDER, normalize_conversation
@@ -69,6 +82,8 @@ class DatasetSpec:
     dataset's seed and position in the mixture), file order preserved.
     `response_format_prompt`: appended to every human turn after a newline (once).
     `name`: how reports call the dataset (default: the file name without extension).
+    `allow_outside_paths`: accept absolute image and video paths and paths with `..` parts
+    (off: such a sample is a bad sample, `unsafe path`).
     """
 
     path: str | Path
@@ -77,10 +92,11 @@ class DatasetSpec:
     response_format_prompt: str | None = None
     name: str | None = None
     video_folder: str | Path | None = None
+    allow_outside_paths: bool = False
 
     def __post_init__(self):
         if not 0.0 < float(self.fraction) <= 1.0:
-            raise ValueError(f"dataset {self.path}: fraction must be in (0, 1], got {self.fraction}")
+            raise ConfigError(f"dataset {self.path}: fraction must be in (0, 1], got {self.fraction}")
         if self.name is None:
             self.name = Path(self.path).stem
 
@@ -99,38 +115,62 @@ class DatasetSpec:
 def load_records(spec: DatasetSpec) -> list[dict[str, Any]]:
     """All records of `spec.path`, in file order (no downsampling).
 
-    A file that is missing, has an unknown extension, or (`.json`) does not parse as a list
-    raises ValueError naming it. A malformed JSONL line, or a list item that is not an object,
-    does not raise: it becomes `{"id": "<file name>:<line or item>", LOAD_ERROR_KEY: reason}`,
-    which validation reports as a bad sample, so one broken line never stops a run and is
-    never silently dropped either.
+    A file that is missing, has an unknown extension, holds no records, or (`.json`) does not
+    parse as a list raises `DataError` naming it. A malformed JSONL line (bad JSON, not UTF-8,
+    nested too deeply), or a list item that is not an object, does not raise: it becomes
+    `{"id": "<file name>:<line or item>", LOAD_ERROR_KEY: reason}`, which validation reports
+    as a bad sample, so one broken line never stops a run and is never silently dropped either.
     """
     path = Path(spec.path)
     if not path.is_file():
-        raise ValueError(f"dataset file {path} does not exist")
+        raise DataError(f"dataset file {path} does not exist" if not path.exists() else f"dataset {path} is not a file")
+    if spec.image_folder is not None and not Path(spec.image_folder).is_dir():
+        raise DataError(f"image folder {spec.image_folder} of dataset {path} is not a folder")
     if path.suffix == ".jsonl":
-        records = []
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    reason = f"malformed JSON: line {number} of {path}: {error.msg} (column {error.colno})"
-                    records.append({"id": f"{path.name}:{number}", LOAD_ERROR_KEY: reason})
-                    continue
-                records.append(_object_or_marker(record, f"{path.name}:{number}", f"line {number} of {path}"))
-        return records
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"dataset file {path} is not valid JSON: {error}") from error
-        if not isinstance(data, list):
-            raise ValueError(f"dataset file {path} must hold a JSON list of records, got {type(data).__name__}")
-        return [_object_or_marker(item, f"{path.name}[{i}]", f"item {i} of {path}") for i, item in enumerate(data)]
-    raise ValueError(f"dataset file {path} must end in .json (a list) or .jsonl (one record per line)")
+        records = list(_jsonl_records(path))
+    elif path.suffix == ".json":
+        records = _json_records(path)
+    else:
+        raise DataError(f"dataset file {path} must end in .json (a list) or .jsonl (one record per line)")
+    if not records:
+        raise DataError(f"dataset file {path} holds no records")
+    return records
+
+
+def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
+    """One record (or a load-error marker) per non-blank line."""
+    with path.open("rb") as lines:
+        for number, data in enumerate(lines, start=1):
+            if not data.strip():
+                continue
+            where = f"line {number} of {path}"
+            try:
+                record = json.loads(data.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+                reason = f"malformed JSON: {where}: {_json_problem(error)}"
+                yield {"id": f"{path.name}:{number}", LOAD_ERROR_KEY: reason}
+                continue
+            yield _object_or_marker(record, f"{path.name}:{number}", where)
+
+
+def _json_records(path: Path) -> list[dict[str, Any]]:
+    """The items of a `.json` list, each a record or a load-error marker."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise DataError(f"dataset file {path} is not valid JSON: {_json_problem(error)}") from None
+    if not isinstance(data, list):
+        raise DataError(f"dataset file {path} must hold a JSON list of records, got {type(data).__name__}")
+    return [_object_or_marker(item, f"{path.name}[{i}]", f"item {i} of {path}") for i, item in enumerate(data)]
+
+
+def _json_problem(error: Exception) -> str:
+    """What is wrong with a piece of JSON, in words."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"{error.msg} (line {error.lineno}, column {error.colno})"
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+    return "nested too deeply to read (RecursionError)"
 
 
 def _object_or_marker(record: Any, fallback_id: str, where: str) -> dict[str, Any]:
@@ -143,7 +183,12 @@ def _object_or_marker(record: Any, fallback_id: str, where: str) -> dict[str, An
 def sample_id_of(record: Mapping[str, Any], fallback: str) -> str:
     """The record's `id` as a string, or `fallback` (dataset name and position) when it has none."""
     value = record.get("id") if isinstance(record, Mapping) else None
-    return fallback if value is None else str(value)
+    return fallback if value is None else printable(str(value))
+
+
+def printable(text: str) -> str:
+    """`text` with what cannot be written as UTF-8 (lone surrogates) escaped, so reports can print it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ---- one record -----------------------------------------------------------------------------
@@ -168,24 +213,38 @@ def add_response_format_prompt(conversation: Sequence[Mapping[str, Any]], prompt
     return turns
 
 
-def _record_paths(record: Mapping[str, Any], key: str, folder: str | Path) -> list[Path]:
+def _record_paths(record: Mapping[str, Any], key: str, folder: str | Path, allow_outside: bool) -> list[Path]:
     value = record.get(key)
     if value is None:
         return []
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
         raise BadSampleError("malformed record", f"{key!r} must be a path or a list of paths, got {value!r}")
+    if not allow_outside:
+        for name in names:
+            _check_inside(PurePath(name), key, folder)
     return [Path(folder) / name for name in names]
 
 
-def image_paths(record: Mapping[str, Any], image_folder: str | Path) -> list[Path]:
-    """The record's images as paths under `image_folder` (absolute paths are kept)."""
-    return _record_paths(record, "image", image_folder)
+def _check_inside(name: PurePath, key: str, folder: str | Path) -> None:
+    """An absolute path, or one with a `..` part, leaves the dataset's folder."""
+    if name.is_absolute() or ".." in name.parts:
+        raise BadSampleError(
+            "unsafe path",
+            f"{key} path {str(name)!r} leaves the {key} folder {folder}; "
+            "set allow_outside_paths on the dataset (data.datasets.N.allow_outside_paths) to allow it",
+        )
 
 
-def video_paths(record: Mapping[str, Any], video_folder: str | Path) -> list[Path]:
-    """The record's videos (files or frame folders) as paths under `video_folder` (absolute paths are kept)."""
-    return _record_paths(record, "video", video_folder)
+def image_paths(record: Mapping[str, Any], image_folder: str | Path, allow_outside: bool = False) -> list[Path]:
+    """The record's images as paths under `image_folder`; absolute paths and `..` need `allow_outside`."""
+    return _record_paths(record, "image", image_folder, allow_outside)
+
+
+def video_paths(record: Mapping[str, Any], video_folder: str | Path, allow_outside: bool = False) -> list[Path]:
+    """The record's videos (files or frame folders) as paths under `video_folder`; absolute paths and
+    `..` need `allow_outside`."""
+    return _record_paths(record, "video", video_folder, allow_outside)
 
 
 def turn_texts(conversation: list[dict[str, Any]]) -> list[str]:
@@ -199,6 +258,31 @@ def turn_texts(conversation: list[dict[str, Any]]) -> list[str]:
     return texts
 
 
+def _strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in a parsed JSON value (keys too) with where it is, walked without recursion."""
+    stack = [(where, value)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            yield where or "the record", value
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                yield f"key of {where or 'the record'}", str(key)
+                stack.append((f"{where}.{key}" if where else str(key), item))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+
+
+def _check_text(record: Mapping[str, Any]) -> None:
+    """Text that is not valid Unicode (a lone surrogate such as JSON's `"\\ud800"`) cannot be tokenized."""
+    for where, text in _strings(record):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            char = printable(error.object[error.start])
+            raise BadSampleError("malformed text", f"{where} holds {char}, a lone surrogate, not a character") from None
+
+
 def _checked_conversation(record: Any, response_format_prompt: str | None) -> list[dict[str, Any]]:
     """The conversation to train on (prompt added), after the checks that need no file or tokenizer."""
     if not isinstance(record, Mapping):
@@ -206,6 +290,7 @@ def _checked_conversation(record: Any, response_format_prompt: str | None) -> li
     if LOAD_ERROR_KEY in record:
         category, _, detail = str(record[LOAD_ERROR_KEY]).partition(": ")
         raise BadSampleError(category, detail)
+    _check_text(record)
     conversation = record.get("conversations")
     if not isinstance(conversation, list):
         raise BadSampleError("malformed turns", "the record has no 'conversations' list")
@@ -279,18 +364,20 @@ def encode_record(
     max_length: int | None,
     response_format_prompt: str | None = None,
     video_folder: str | Path | None = None,
+    allow_outside_paths: bool = False,
 ) -> dict[str, Any]:
     """Check and encode one record; raises `BadSampleError` with the first problem found.
 
-    Checks, in order: record and turn structure, `<image>` / `<video>` counts against the
+    Checks, in order: record and turn structure, text, paths (inside their folders unless
+    `allow_outside_paths`), `<image>` / `<video>` counts against the
     images and videos (and that the processor takes videos), image files (exist, decode),
     video files or frame folders (exist, decode with the processor's frame sampling), then
     (with a processor) tokenization and `max_length`. Without a processor only the checks
     before tokenization run and an empty dict is returned. `video_folder` defaults to `image_folder`.
     """
     conversation = _checked_conversation(record, response_format_prompt)
-    paths = image_paths(record, image_folder)
-    clips = video_paths(record, image_folder if video_folder is None else video_folder)
+    paths = image_paths(record, image_folder, allow_outside_paths)
+    clips = video_paths(record, image_folder if video_folder is None else video_folder, allow_outside_paths)
     _check_placeholders(turn_texts(conversation), len(paths), len(clips), processor)
     images = _load_images(paths)
     sampling = processor.video.sampling if _has_video_layout(processor) else FrameSampling()
@@ -307,6 +394,21 @@ def encode_record(
     return encoded
 
 
+def encode_sample(
+    record: Any, spec: DatasetSpec, processor: LlavaKitProcessor | None, max_length: int | None
+) -> dict[str, Any]:
+    """`encode_record` with the folders, prompt and path policy of the dataset `spec`."""
+    return encode_record(
+        record,
+        spec.images_root,
+        processor,
+        max_length,
+        spec.response_format_prompt,
+        spec.videos_root,
+        spec.allow_outside_paths,
+    )
+
+
 def validate_record(
     record: Any,
     image_folder: str | Path,
@@ -314,10 +416,13 @@ def validate_record(
     max_length: int | None,
     response_format_prompt: str | None = None,
     video_folder: str | Path | None = None,
+    allow_outside_paths: bool = False,
 ) -> str | None:
     """Why `record` cannot be trained on (`category: detail`), or None when it is fine."""
     try:
-        encode_record(record, image_folder, processor, max_length, response_format_prompt, video_folder)
+        encode_record(
+            record, image_folder, processor, max_length, response_format_prompt, video_folder, allow_outside_paths
+        )
     except BadSampleError as error:
         return error.reason
     return None

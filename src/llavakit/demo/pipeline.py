@@ -36,6 +36,7 @@ from llavakit.demo.settings import DemoSettings
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
 from llavakit.eval.questions import read_questions
 from llavakit.model.build import ModelSpec
+from llavakit.output_paths import prepare_output_dir
 from llavakit.train.config import (
     DataConfig,
     DatasetConfig,
@@ -230,14 +231,18 @@ def _answer(model, processor, question: dict[str, str]) -> dict[str, str]:
     return dict(question, prediction=session.ask(question["question"]))
 
 
-def run_demo(output_dir: str | Path, settings: DemoSettings, console: Console | None = None) -> DemoResult:
-    """Run every phase into `output_dir` and return what it measured; see the module docstring."""
+def run_demo(
+    output_dir: str | Path, settings: DemoSettings, console: Console | None = None, overwrite: bool = False
+) -> DemoResult:
+    """Run every phase into `output_dir` and return what it measured; see the module docstring.
+
+    A folder holding an earlier demo is refused before any work unless `overwrite` (which empties it).
+    """
     from llavakit.eval.report import results_markdown, results_table
     from llavakit.train.run import run_training
 
     console = console or Console()
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(output_dir, overwrite, "demo output folder")
     phases = _Phases(console)
     started = time.perf_counter()
 

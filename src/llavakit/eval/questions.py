@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llavakit.errors import DataError
 from llavakit.eval.metrics import get_task
 
 Question = dict[str, Any]
@@ -42,14 +43,17 @@ def read_questions(path: str | Path) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error})") from error
     if path.suffix == ".json":
         try:
             records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
+        except (json.JSONDecodeError, RecursionError) as error:
+            raise DataError(f"{path}: not valid JSON: {error}") from error
         if not isinstance(records, list):
-            raise ValueError(f"{path}: a .json question file must hold a list of records")
+            raise DataError(f"{path}: a .json question file must hold a list of records")
         where = [f"{path} record {index}" for index in range(len(records))]
     else:
         records, where = [], []
@@ -58,14 +62,14 @@ def read_questions(path: str | Path) -> list[Question]:
                 continue
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number}: not valid JSON: {error}") from error
+            except (json.JSONDecodeError, RecursionError) as error:
+                raise DataError(f"{path} line {number}: not valid JSON: {error}") from error
             where.append(f"{path} line {number}")
     for record, place in zip(records, where):
         if not isinstance(record, dict):
-            raise ValueError(f"{place}: a question must be a JSON object, got {type(record).__name__}")
+            raise DataError(f"{place}: a question must be a JSON object, got {type(record).__name__}")
     if not records:
-        raise ValueError(f"question file {path} holds no questions")
+        raise DataError(f"question file {path} holds no questions")
     return records
 
 
@@ -84,25 +88,36 @@ def infer_task(path: str | Path, questions: Sequence[Mapping[str, Any]]) -> str:
     return task
 
 
+def _is_unicode(text: str) -> bool:
+    """False for text with lone surrogates, which JSON allows and no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_questions(questions: Sequence[Mapping[str, Any]], task: str) -> None:
-    """Raise a ValueError naming the first bad question: missing fields, a repeated id, a bad answer."""
+    """Raise a DataError naming the first bad question: missing fields, a repeated id, a bad answer."""
     scoring = get_task(task)
     seen: set[Any] = set()
     for index, question in enumerate(questions):
         qid = question.get("id")
         if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-            raise ValueError(f"question {index} needs an 'id' (a string or integer), got {qid!r}")
+            raise DataError(f"question {index} needs an 'id' (a string or integer), got {qid!r}")
         if qid in seen:
-            raise ValueError(f"question id {qid!r} appears twice")
+            raise DataError(f"question id {qid!r} appears twice")
         seen.add(qid)
         text = question.get("prompt") or question.get("question")
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"question {qid!r} has no 'prompt' or 'question' text")
+            raise DataError(f"question {qid!r} has no 'prompt' or 'question' text")
+        if not _is_unicode(text):
+            raise DataError(f"question {qid!r}: its text holds a lone surrogate (e.g. \\ud800), not a character")
         image = question.get("image")
         if image is not None and not isinstance(image, str):
-            raise ValueError(f"question {qid!r}: 'image' must be a relative path string, got {image!r}")
+            raise DataError(f"question {qid!r}: 'image' must be a relative path string, got {image!r}")
         if "answer" not in question:
-            raise ValueError(f"question {qid!r} has no 'answer'")
+            raise DataError(f"question {qid!r} has no 'answer'")
         scoring.check_answer(question["answer"], qid)
 
 
@@ -124,5 +139,5 @@ def load_question_set(path: str | Path, task: str | None = None) -> QuestionSet:
     try:
         check_questions(questions, task)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+        raise DataError(f"{path}: {error}") from error
     return QuestionSet(set_name(path), path, task, questions)

@@ -19,6 +19,11 @@ Bad images: with `on_bad_image="error"` (the default) a missing or undecodable i
 stops the run with a ValueError naming the question id and the file; missing files are
 found before any generation starts. With `on_bad_image="skip"` the question is left out,
 counted in `EvalResult.skipped` with its reason, and reported under the tables.
+
+Output: the folder is checked before the first answer is generated (a file in the way fails
+at once), and the files are written after the last one. `llavakit eval --output DIR` refuses
+a DIR that already holds files unless `--overwrite`, which empties it just before writing (and
+is refused for a folder that holds an input: the model, a question file, the images).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from llavakit.errors import ConfigError, DataError
 from llavakit.eval.baselines import baselines
 from llavakit.eval.metrics import get_task, grouped_metrics, task_metrics
 from llavakit.eval.questions import (
@@ -43,6 +49,7 @@ from llavakit.eval.questions import (
 )
 from llavakit.eval.report import result_table, results_markdown, results_table
 from llavakit.eval.result import EvalResult
+from llavakit.output_paths import check_output_dir, check_writable_dir, prepare_output_dir
 from llavakit.processing.images import load_image
 
 DEFAULT_GROUP_BY = ("category", "strategy")
@@ -132,6 +139,14 @@ def generate_answers(
 # ---- one question set ------------------------------------------------------------------------
 
 
+def check_settings(batch_size: int, max_new_tokens: int, on_bad_image: str = "error") -> None:
+    """The run's settings, checked before any model loads or runs."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ConfigError(f"batch size and max new tokens must be positive, got {batch_size} and {max_new_tokens}")
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ConfigError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+
+
 def _image_path(question: Mapping[str, Any], image_folder: Path | None) -> Path | None:
     image = question.get("image")
     if image is None:
@@ -142,7 +157,7 @@ def _image_path(question: Mapping[str, Any], image_folder: Path | None) -> Path 
 def _bad_image(question: Mapping[str, Any], error: Exception, on_bad_image: str, skipped: list[dict[str, str]]) -> None:
     """Raise (policy "error") or record the skip (policy "skip")."""
     if on_bad_image == "error":
-        raise ValueError(f"question {question['id']!r}: {error}") from error
+        raise DataError(f"question {question['id']!r}: {error}") from error
     skipped.append({"id": str(question["id"]), "reason": str(error)})
 
 
@@ -216,10 +231,7 @@ def evaluate(
     parsed, answer, score, correct, groups) go to `predictions_path` as JSONL when given.
     The model is put in eval mode for the run and back in its previous mode after.
     """
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be positive, got {batch_size} and {max_new_tokens}")
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+    check_settings(batch_size, max_new_tokens, on_bad_image)
     check_questions(questions, task)
     folder = Path(image_folder) if image_folder is not None else None
     skipped: list[dict[str, str]] = []
@@ -270,7 +282,7 @@ def _load_sets(files: Sequence[str | Path], task: str | None) -> list[QuestionSe
     names = [question_set.name for question_set in sets]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"several question files are called {repeated}; give files with different names")
+        raise DataError(f"several question files are called {repeated}; give files with different names")
     return sets
 
 
@@ -281,11 +293,9 @@ def _evaluate_sets(
     image_folder: str | Path | None,
     batch_size: int,
     max_new_tokens: int,
-    output_dir: str | Path | None,
     on_bad_image: str,
     progress: bool,
 ) -> dict[str, EvalResult]:
-    out = Path(output_dir) if output_dir is not None else None
     results = {}
     for question_set in sets:
         results[question_set.name] = evaluate(
@@ -298,14 +308,21 @@ def _evaluate_sets(
             question_set.task,
             name=question_set.name,
             on_bad_image=on_bad_image,
-            predictions_path=out / f"predictions_{question_set.name}.jsonl" if out is not None else None,
             progress=progress,
         )
-    if out is not None:
-        summary = {name: result.to_dict() for name, result in results.items()}
-        (out / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (out / "results.md").write_text(results_markdown(results), encoding="utf-8")
     return results
+
+
+def write_results(output_dir: str | Path, results: Mapping[str, EvalResult]) -> Path:
+    """`predictions_<set>.jsonl` per set, `results.json` (all metrics and skips) and `results.md` in `output_dir`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        result.predictions_path = write_predictions(out / f"predictions_{name}.jsonl", result.records)
+    summary = {name: result.to_dict() for name, result in results.items()}
+    (out / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(results_markdown(results), encoding="utf-8")
+    return out
 
 
 def evaluate_files(
@@ -326,13 +343,17 @@ def evaluate_files(
     Every file is read and checked before generation starts. The task of each comes from
     its name unless `task` is given (`questions.infer_task`); images are relative to
     `image_folder`, by default the file's own folder (where `llavakit data synth` puts
-    both). With `output_dir`: `predictions_<set>.jsonl` per set, `results.json` (all
-    metrics and skips) and `results.md` (the markdown table).
+    both). With `output_dir` (checked before generation, written after it; files of the
+    same names are replaced): `predictions_<set>.jsonl` per set, `results.json` (all metrics
+    and skips) and `results.md` (the markdown table).
     """
+    if output_dir is not None:
+        check_writable_dir(output_dir)
     sets = _load_sets(files, task)
-    return _evaluate_sets(
-        model, processor, sets, image_folder, batch_size, max_new_tokens, output_dir, on_bad_image, progress
-    )
+    results = _evaluate_sets(model, processor, sets, image_folder, batch_size, max_new_tokens, on_bad_image, progress)
+    if output_dir is not None:
+        write_results(output_dir, results)
+    return results
 
 
 def evaluate_main(
@@ -346,25 +367,31 @@ def evaluate_main(
     *,
     task: str | None = None,
     on_bad_image: str = "error",
+    overwrite: bool = False,
 ) -> int:
     """`llavakit eval`: load a llavakit checkpoint, evaluate the files, print the table; returns 0.
 
-    Bad input (a missing file, a bad question, a bad image under the "error" policy)
-    raises ValueError / FileNotFoundError, which the command reports.
+    Everything that can be checked is checked before the model loads: the output folder
+    (see the module docstring), the task, every question file, the device and the checkpoint
+    folder. Bad input raises a `LlavaKitError` / ValueError / FileNotFoundError naming it,
+    which the command reports in one line.
     """
     from rich.console import Console
 
-    from llavakit.model.modeling import LlavaKitForCausalLM
+    from llavakit.model.checkpoint import check_device, load_checkpoint
     from llavakit.processing.processor import LlavaKitProcessor
 
+    if output is not None:
+        check_output_dir(output, overwrite, [model_path, *data, *([image_folder] if image_folder else [])])
+    check_settings(batch_size, max_new_tokens, on_bad_image)
+    if task is not None:
+        get_task(task)
     sets = _load_sets(data, task)
-    if not Path(model_path).is_dir():
-        raise FileNotFoundError(f"model folder {model_path} does not exist")
-    model = LlavaKitForCausalLM.from_pretrained(model_path).to(device)
-    processor = LlavaKitProcessor.from_pretrained(model_path)
-    results = _evaluate_sets(
-        model, processor, sets, image_folder, batch_size, max_new_tokens, output, on_bad_image, progress=True
-    )
+    check_device(device)
+    model, processor = load_checkpoint(model_path, LlavaKitProcessor, device=device)
+    results = _evaluate_sets(model, processor, sets, image_folder, batch_size, max_new_tokens, on_bad_image, True)
+    if output is not None:
+        write_results(prepare_output_dir(output, overwrite), results)
     console = Console()
     console.print(results_table(results, title=f"Evaluation of {model_path}"))
     if output is not None:

@@ -9,15 +9,22 @@ fixed-resolution model, `LlavaNextForConditionalGeneration` + `LlavaNextProcesso
 (and `hd` with the base image first), `LlavaOnevisionForConditionalGeneration` for
 `anyres_max_N` with its image processor, tokenizer and a processor_config.json naming
 transformers' (torchvision) video processor.
+
+Both read local folders only and check them first (`llavakit.model.checkpoint`): a missing
+path, a damaged config.json or weight file, a folder of the wrong kind is a CheckpointError
+naming it. The output is checked before anything loads: a folder that already holds files is
+refused unless `overwrite`, which empties it just before writing, so an old
+`model.safetensors.index.json` never stays beside a new single file. An output folder that
+holds the source is refused, since emptying it would delete the source.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
 
+from llavakit.errors import CheckpointError
 from llavakit.interop.original_llava import (
     import_original_llava,
     is_original_llava_checkpoint,
@@ -34,8 +41,18 @@ from llavakit.interop.transformers_next import (
     export_to_transformers_llava_next,
     import_transformers_llava_next,
 )
+from llavakit.model.checkpoint import (
+    TOKENIZER_FILES,
+    check_folder_exists,
+    check_json_files,
+    checkpoint_errors,
+    load_checkpoint,
+    read_checkpoint_config,
+    weight_files,
+)
 from llavakit.model.configuration import VISION_TYPES_WITH_CLS
 from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.output_paths import check_output_dir, prepare_output_dir
 from llavakit.processing.images import RESAMPLE_FILTERS, ImageProcessingConfig
 from llavakit.processing.processor import LlavaKitProcessor
 
@@ -51,11 +68,28 @@ def default_template(text_model_type: str, tokenizer: PreTrainedTokenizerBase) -
     return "vicuna_v1"
 
 
-def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json: not a checkpoint folder")
-    return json.loads(path.read_text())
+def _check_source(source: Path) -> str:
+    """The source folder's model_type, after its config, weights and tokenizer files are checked."""
+    config = read_checkpoint_config(source)
+    model_type = str(config.get("model_type", ""))
+    if model_type == "llavakit":
+        raise CheckpointError(
+            f"{source} is already a llavakit checkpoint: nothing to import (`llavakit export` converts it)"
+        )
+    if model_type not in ("llava", *NEXT_MODEL_TYPES) and "mm_vision_tower" not in config:
+        raise CheckpointError(
+            f"{source}: model_type {model_type!r} is neither transformers 'llava', 'llava_next', 'llava_onevision' "
+            "nor an original LLaVA checkpoint"
+        )
+    check_json_files(source)
+    if not weight_files(source):
+        raise CheckpointError(f"{source} has no model weights (model.safetensors, pytorch_model.bin or an index)")
+    if not any((source / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{source} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
+            "copy its language model's tokenizer into the folder"
+        )
+    return model_type
 
 
 def _image_config_from_transformers(folder: Path, image_processor=None) -> ImageProcessingConfig:
@@ -98,47 +132,56 @@ def _import_next(source: Path, tokenizer: PreTrainedTokenizerBase, template: str
 
 
 def import_checkpoint(
-    source: str | Path, output: str | Path, template: str | None = None, vision_tower: str | None = None
+    source: str | Path,
+    output: str | Path,
+    template: str | None = None,
+    vision_tower: str | None = None,
+    overwrite: bool = False,
 ) -> LlavaKitForCausalLM:
-    """Convert `source` (transformers `llava` or original `llava_*` folder) into a llavakit checkpoint at `output`."""
-    source, output = Path(source), Path(output)
-    model_type = _read_config(source).get("model_type", "")
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    """Convert `source` (transformers `llava` or original `llava_*` folder) into a llavakit checkpoint at `output`.
+
+    A non-empty `output` is refused unless `overwrite` (then emptied before writing).
+    """
+    source = check_folder_exists(source, "source folder")
+    output = check_output_dir(output, overwrite, [source], "source")
+    model_type = _check_source(source)
+    with checkpoint_errors(source, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    with checkpoint_errors(source, "model"):
+        model, processor = _import_model(source, model_type, tokenizer, template, vision_tower)
+    prepare_output_dir(output, overwrite)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    return model
+
+
+def _import_model(
+    source: Path, model_type: str, tokenizer: PreTrainedTokenizerBase, template: str | None, vision_tower: str | None
+) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor]:
+    """The converted model and its processor, by the source's layout."""
     if is_original_llava_checkpoint(source):
         if IMAGE_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
         image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         model = import_original_llava(source, image_token_id=image_token_id, vision_tower_path=vision_tower)
         image_mode = "pad" if read_original_llava_config(source).image_aspect_ratio == "pad" else "square"
-        image_config = None
-    elif model_type == "llava":
+        template = template or default_template(model.config.text_config.model_type, tokenizer)
+        return model, LlavaKitProcessor.from_model_config(tokenizer, model.config, template, image_mode=image_mode)
+    if model_type == "llava":
         model = import_transformers_llava(source)
         image_config = _image_config_from_transformers(source)
-    elif model_type in NEXT_MODEL_TYPES:
-        model, processor = _import_next(source, tokenizer, template)
-        model.save_pretrained(output)
-        processor.save_pretrained(output)
-        return model
-    else:
-        raise ValueError(
-            f"{source}: model_type {model_type!r} is neither transformers 'llava', 'llava_next', 'llava_onevision' "
-            "nor an original LLaVA checkpoint"
-        )
-    template = template or default_template(model.config.text_config.model_type, tokenizer)
-    if image_config is None:
-        processor = LlavaKitProcessor.from_model_config(tokenizer, model.config, template, image_mode=image_mode)
-    else:
+        template = template or default_template(model.config.text_config.model_type, tokenizer)
         processor = LlavaKitProcessor(
             tokenizer, template, image_config, num_image_tokens=model.config.num_image_tokens, image_token=IMAGE_TOKEN
         )
-    model.save_pretrained(output)
-    processor.save_pretrained(output)
-    return model
+        return model, processor
+    return _import_next(source, tokenizer, template)  # llava_next / llava_onevision, as _check_source found
 
 
-def _export_next(model: LlavaKitForCausalLM, processor: LlavaKitProcessor, output: Path) -> None:
-    exported = export_to_transformers_llava_next(model)  # raises for settings transformers cannot represent
+def _save_next(exported, model: LlavaKitForCausalLM, processor: LlavaKitProcessor, output: Path) -> None:
+    """A LlavaNext model with its LlavaNextProcessor, or a LlavaOnevision model with its processor files."""
     vision = model.config.vision_config
+    exported.save_pretrained(output)
     if exported.config.model_type == "llava_next":
         hf_processor = transformers_llava_next_processor(
             processor,
@@ -146,24 +189,24 @@ def _export_next(model: LlavaKitForCausalLM, processor: LlavaKitProcessor, outpu
             vision_feature_select_strategy=model.config.vision_feature_select_strategy,
             num_additional_image_tokens=int(vision.model_type in VISION_TYPES_WITH_CLS),
         )
-        exported.save_pretrained(output)
         hf_processor.save_pretrained(output)
         return
-    exported.save_pretrained(output)
     save_onevision_processor(processor, model.config, output)
 
 
-def export_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
+def export_checkpoint(checkpoint: str | Path, output: str | Path, overwrite: bool = False) -> None:
     """Write a transformers-native Llava / LlavaNext / LlavaOnevision folder.
 
-    The folder holds the model, tokenizer, processor and chat template.
+    The folder holds the model, tokenizer, processor and chat template. A non-empty `output`
+    is refused unless `overwrite` (then emptied before writing).
     """
-    model = LlavaKitForCausalLM.from_pretrained(checkpoint)
-    processor = LlavaKitProcessor.from_pretrained(checkpoint)
+    checkpoint = check_folder_exists(checkpoint)
+    output = check_output_dir(output, overwrite, [checkpoint], "source")
+    model, processor = load_checkpoint(checkpoint, LlavaKitProcessor)
     if model.config.image_mode != "fixed":
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        _export_next(model, processor, output)
+        exported = export_to_transformers_llava_next(model)  # raises for settings transformers cannot represent
+        prepare_output_dir(output, overwrite)
+        _save_next(exported, model, processor, output)
         return
     exported = export_to_transformers(model)  # raises for connectors transformers cannot represent
     vision = model.config.vision_config
@@ -174,5 +217,6 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         num_additional_image_tokens=int(has_cls),
     )
+    prepare_output_dir(output, overwrite)
     exported.save_pretrained(output)
     hf_processor.save_pretrained(output)

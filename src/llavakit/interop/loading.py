@@ -32,6 +32,12 @@ def load_strict(model_class, config: PreTrainedConfig, state_dict: StateDict, dt
     return model.eval()
 
 
+def carry_generation_defaults(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """The converted model keeps image and video placeholders out of generated text as the source does."""
+    suppressed = source.generation_config.suppress_tokens
+    target.generation_config.suppress_tokens = list(suppressed) if suppressed is not None else None
+
+
 def check_text_layout(language_model: torch.nn.Module) -> None:
     """Export renames `language_model.model.*`: the decoder must sit under `.model`."""
     if getattr(language_model, "base_model_prefix", None) != "model":

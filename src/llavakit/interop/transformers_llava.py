@@ -21,7 +21,8 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from llavakit.interop.keys import KeyTable, StateDict, rename
-from llavakit.interop.loading import check_text_layout, load_strict
+from llavakit.interop.loading import carry_generation_defaults, check_text_layout, load_strict
+from llavakit.model.checkpoint import check_loading_info
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.connectors import mlp_depth
 from llavakit.model.modeling import LlavaKitForCausalLM
@@ -154,7 +155,9 @@ def import_transformers_llava(
     A model passed in shares its weight tensors with the result (no copy) unless `dtype` differs.
     """
     if isinstance(source, (str, Path)):
-        source = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        folder = source
+        source, info = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        check_loading_info(folder, info, problems=("missing_keys", "mismatched_keys"))
     config = llavakit_config_from_transformers(source.config)
     state_dict = llavakit_state_dict_from_transformers(source.state_dict())
     return load_strict(LlavaKitForCausalLM, config, state_dict, dtype or source.dtype)
@@ -168,4 +171,6 @@ def export_to_transformers(model: LlavaKitForCausalLM) -> LlavaForConditionalGen
     check_text_layout(model.language_model)
     config = transformers_config_from_llavakit(model.config)
     state_dict = transformers_state_dict_from_llavakit(model.state_dict())
-    return load_strict(LlavaForConditionalGeneration, config, state_dict, model.dtype)
+    exported = load_strict(LlavaForConditionalGeneration, config, state_dict, model.dtype)
+    carry_generation_defaults(model, exported)
+    return exported

@@ -33,13 +33,14 @@ from transformers import (
 )
 
 from llavakit.interop.keys import StateDict, rename
-from llavakit.interop.loading import check_text_layout, load_strict
+from llavakit.interop.loading import carry_generation_defaults, check_text_layout, load_strict
 from llavakit.interop.transformers_llava import (
     LLAVA_KEYS,
     llavakit_fields_from_transformers,
     transformers_fields_from_llavakit,
 )
 from llavakit.model import anyres
+from llavakit.model.checkpoint import check_loading_info
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.modeling import LlavaKitForCausalLM
 
@@ -182,7 +183,9 @@ def import_transformers_llava_next(
         model_type = AutoConfig.from_pretrained(source).model_type
         if model_type not in NEXT_MODEL_TYPES:
             raise ValueError(f"{source}: model_type {model_type!r} is neither llava_next nor llava_onevision")
-        source = _transformers_class(model_type).from_pretrained(source, dtype=dtype)
+        folder = source
+        source, info = _transformers_class(model_type).from_pretrained(folder, dtype=dtype, output_loading_info=True)
+        check_loading_info(folder, info, problems=("missing_keys", "mismatched_keys"))
     config = llavakit_config_from_transformers_next(source.config)
     state_dict = llavakit_state_dict_from_transformers_next(source.state_dict())
     return load_strict(LlavaKitForCausalLM, config, state_dict, dtype or source.dtype)
@@ -197,4 +200,6 @@ def export_to_transformers_llava_next(model: LlavaKitForCausalLM) -> NextModel:
     check_text_layout(model.language_model)
     config = transformers_config_from_llavakit_next(model.config)
     state_dict = transformers_next_state_dict_from_llavakit(model.state_dict())
-    return load_strict(_transformers_class(config.model_type), config, state_dict, model.dtype)
+    exported = load_strict(_transformers_class(config.model_type), config, state_dict, model.dtype)
+    carry_generation_defaults(model, exported)
+    return exported

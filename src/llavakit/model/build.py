@@ -235,9 +235,17 @@ def load_language_model(part: Part, dtype: torch.dtype | None = None) -> PreTrai
 
 
 def compose_model(spec: ModelSpec, vision: PreTrainedModel, language: PreTrainedModel) -> LlavaKitForCausalLM:
-    """Wrap loaded backbones with a fresh connector; the config is read off the backbones."""
+    """Wrap loaded backbones with a fresh connector; the config is read off the backbones.
+
+    The backbones' sub-configs lose their attention implementation when they join the
+    composite config, and a decoder without one runs with no causal mask: it is set again
+    (the spec's choice, else the language model's, else sdpa) on the whole model.
+    """
+    attention = spec.attn_implementation or language.config._attn_implementation or "sdpa"
     config = llava_config(spec, vision.config, language.config)
-    return LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
+    model = LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
+    model.set_attn_implementation(attention)
+    return model
 
 
 def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:

@@ -19,6 +19,12 @@ LLaVA-NeXT / OneVision conventions, so the same tensors drive either model:
 Videos (`<video>` tokens, `config.video_token_id`) come as `pixel_values_videos`: frames at
 base resolution, `(videos, frames, 3, S, S)` or flat `(total frames, 3, S, S)` with
 `video_num_frames`. All crops (and all frames) are encoded in one batched call.
+
+Generation: `<image>` / `<video>` ids are inputs, never text, so the model's generation config
+suppresses them by default (`generation_config.suppress_tokens`; pass `suppress_tokens=[]` to
+`generate` to allow them). A model that still writes one (suppression off) gets it embedded as
+an ordinary token after the prefill step, as transformers' Llava does: only the prefill step
+(no cache, or an empty one) requires pixel values for the placeholders it holds.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ from llavakit.model import anyres
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.connectors import build_connector
 from llavakit.model.vision import VisionTower
+
+
+def _is_prefill(cache) -> bool:
+    """The step that holds the prompt: no cache, or an empty one. Later steps hold generated ids only."""
+    return cache is None or cache.get_seq_length() == 0
 
 
 class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
@@ -75,6 +86,21 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             hidden = config.text_config.hidden_size
             self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.post_init()
+        self._suppress_placeholders()
+
+    def placeholder_token_ids(self) -> list[int]:
+        """The `<image>` / `<video>` ids: slots for visual features, which no answer should contain."""
+        return [token for token in (self.config.image_token_id, self.config.video_token_id) if token is not None]
+
+    def _suppress_placeholders(self) -> None:
+        """Keep placeholders out of generated text unless the generation config already chose (`[]`: allow all)."""
+        if self.generation_config is not None and self.generation_config.suppress_tokens is None:
+            self.generation_config.suppress_tokens = self.placeholder_token_ids()
+
+    def adjust_generation_fn(self, *args, **kwargs) -> None:
+        """After a saved generation config loads: checkpoints written before the default still suppress."""
+        super().adjust_generation_fn(*args, **kwargs)
+        self._suppress_placeholders()
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -278,7 +304,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             else:
                 features = self.get_anyres_image_features(pixel_values, image_sizes, image_num_crops)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
-        elif input_ids is not None and cache is None and bool((input_ids == self.config.image_token_id).any()):
+        elif input_ids is not None and _is_prefill(cache) and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("the input has <image> tokens but no pixel_values")
         video_token = self.config.video_token_id
         if pixel_values_videos is not None and pixel_values_videos.shape[0] > 0:
@@ -289,7 +315,7 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         elif (
             video_token is not None
             and input_ids is not None
-            and cache is None
+            and _is_prefill(cache)
             and bool((input_ids == video_token).any())
         ):
             raise ValueError("the input has <video> tokens but no pixel_values_videos")

@@ -1,8 +1,8 @@
 """Images in, pixel arrays out: decoding any file to RGB, then LLaVA's fixed-size preprocessing.
 
 `load_image` turns a path, bytes or a PIL image into a fully decoded RGB image, or raises a
-ValueError that names the file, so a dataset can report the bad sample instead of crashing
-a run hours in. `preprocess` then follows one of two recipes, matched number for number
+`DataError` (a ValueError) that names the file, so a dataset can report the bad sample
+instead of crashing a run hours in. `preprocess` then follows one of two recipes, matched number for number
 against transformers (see tests/test_images.py):
 
 * `square`: CLIP's: resize the shortest edge to `size` (bicubic), center crop, rescale to
@@ -10,17 +10,31 @@ against transformers (see tests/test_images.py):
 * `pad`: LLaVA-1.5's: first expand the image to a square canvas filled with the mean colour,
   image centred, so nothing is cropped away; then the same steps
   (transformers' `LlavaImageProcessor(do_pad=True)`).
+
+Memory stays bounded by the output, whatever the aspect ratio. Pillow resizes in two passes
+(horizontal and vertical, rounding to 8 bits in between); llavakit runs the same passes in the
+same order itself, so it can leave out what the output never reads: `square` never builds the
+whole resized image (a 3000x1 image would first become 1,008,000x336 pixels, 1.3 GB) and `pad`
+never builds the square canvas (whose size grows with the square of the long side). The
+pixels equal the two-step recipe's, except for images more than `MAX_SIDE_RATIO` times longer
+than the output side (`pad`: first reduced by a whole factor with a box filter) or than wide
+(`square`: only the region the crop keeps is resized); those stay within about one 8-bit level.
+benchmarks/preprocess_memory.py measures the memory; tests/test_images.py asserts the bound.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from llavakit.errors import DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -35,6 +49,14 @@ RESAMPLE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
 }
 _MODES = ("square", "pad")
+# How far each filter reads either side of an output pixel's centre, in input pixels at scale 1 (Pillow's supports).
+_FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0, "lanczos": 3.0, "nearest": 0.5}
+# An image whose long side exceeds this many output sides is reduced by a whole factor first, so
+# every intermediate of the resize passes holds at most MAX_SIDE_RATIO * side**2 pixels.
+MAX_SIDE_RATIO = 64
+# Pillow 13 runs the vertical pass first when the height shrinks more than twice as much as the
+# width; earlier versions always run the horizontal pass first.
+_PILLOW_ORDERS_PASSES = int(PIL.__version__.split(".")[0]) >= 13
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -76,7 +98,8 @@ def load_image(
     """Decode `source` to an RGB image, EXIF orientation applied.
 
     `name` is what errors call the image (default: the path). A file that is missing or does
-    not decode, or has more than `max_pixels` pixels (None: no limit of ours), raises ValueError.
+    not decode, or has more than `max_pixels` pixels (None: no limit of ours), raises `DataError`
+    (a ValueError) naming it.
     """
     label = _describe(source, name)
     try:
@@ -86,21 +109,21 @@ def load_image(
             image = Image.open(io.BytesIO(source))
         elif isinstance(source, (str, Path)):
             if not Path(source).is_file():
-                raise ValueError(f"image file {label} does not exist")
+                raise DataError(f"image file {label} does not exist")
             image = Image.open(source)
         else:
-            raise ValueError(f"image {label}: cannot load a {type(source).__name__}; give a path, bytes or PIL image")
+            raise DataError(f"image {label}: cannot load a {type(source).__name__}; give a path, bytes or PIL image")
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
-            raise ValueError(f"image {label} has {width}x{height} pixels, more than max_pixels={max_pixels}")
+            raise DataError(f"image {label} has {width}x{height} pixels, more than max_pixels={max_pixels}")
         image.load()
         rgb = _to_rgb(ImageOps.exif_transpose(image))
-    except ValueError:
+    except DataError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError) as error:
-        raise ValueError(f"image {label} cannot be decoded: {error}") from error
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, EOFError, ValueError) as error:
+        raise DataError(f"image {label} cannot be decoded: {error}") from error
     if rgb.width == 0 or rgb.height == 0:
-        raise ValueError(f"image {label} is empty ({rgb.width}x{rgb.height})")
+        raise DataError(f"image {label} is empty ({rgb.width}x{rgb.height})")
     return rgb
 
 
@@ -151,18 +174,107 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
     return canvas
 
 
-def _resize_shortest_edge(image: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+def reduce_long_side(image: Image.Image, size: int) -> Image.Image:
+    """`image` reduced by a whole factor (box filter) when its long side exceeds `MAX_SIDE_RATIO * size`."""
+    factor = math.ceil(max(image.size) / (MAX_SIDE_RATIO * size))
+    return image.reduce(factor) if factor > 1 else image
+
+
+def _horizontal_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    """Whether Pillow's `resize` from `in_size` to `out_size` (width, height) runs the horizontal pass first."""
+    shrink_width, shrink_height = in_size[0] - out_size[0], in_size[1] - out_size[1]
+    return not (_PILLOW_ORDERS_PASSES and shrink_height > 0 and shrink_height > 2 * shrink_width)
+
+
+def _horizontal_pass(image: Image.Image, width: int, resample: str) -> Image.Image:
+    """Pillow's horizontal pass alone (the height is kept, so `resize` runs no vertical pass)."""
+    return image.resize((width, image.height), resample=RESAMPLE_FILTERS[resample])
+
+
+def _vertical_pass(image: Image.Image, height: int, resample: str) -> Image.Image:
+    """Pillow's vertical pass alone."""
+    return image.resize((image.width, height), resample=RESAMPLE_FILTERS[resample])
+
+
+def _resize_padded(image: Image.Image, fill: tuple[int, int, int], size: int, resample: str) -> Image.Image:
+    """`expand_to_square(image, fill)` resized to `size` x `size`, without building the square.
+
+    Pillow resizes a square horizontally first: every canvas row becomes `size` pixels wide
+    (fill rows all alike, image rows from the image alone when it is wide, or from chunks of
+    canvas rows when it is tall), then the `size` x side rows are resized vertically.
+    """
+    image = reduce_long_side(image, size)
+    width, height = image.size
+    side = max(width, height)
+    if width == height or side == size:
+        return expand_to_square(image, fill).resize((size, size), resample=RESAMPLE_FILTERS[resample])
+    fill_row = _horizontal_pass(Image.new("RGB", (side, 1), fill), size, resample)
+    rows = fill_row.resize((size, side), resample=Image.Resampling.NEAREST)  # the row repeated, exactly
+    if width > height:
+        rows.paste(_horizontal_pass(image, size, resample), (0, (side - height) // 2))
+    else:
+        chunk = max(1, (1 << 20) // side)  # canvas rows per horizontal pass: about 1M pixels at a time
+        for top in range(0, side, chunk):
+            canvas = Image.new("RGB", (side, min(chunk, side - top)), fill)
+            canvas.paste(image.crop((0, top, width, top + canvas.height)), ((side - width) // 2, 0))
+            rows.paste(_horizontal_pass(canvas, size, resample), (0, top))
+    return _vertical_pass(rows, size, resample)
+
+
+def _resize_center_crop(image: Image.Image, size: int, resample: str) -> Image.Image:
+    """The shortest edge resized to `size`, then the centre `size` x `size` crop, as transformers does.
+
+    Pillow's two passes run in its order with the crop in between, so the whole resized image is
+    never built; beyond `MAX_SIDE_RATIO` only the region the crop keeps is resized (`_crop_region`).
+    """
     width, height = image.size
     short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)  # truncation, as transformers computes the long side
-    new_size = (size, new_long) if width <= height else (new_long, size)
-    return image.resize(new_size, resample=resample)
+    new_width, new_height = (size, new_long) if width <= height else (new_long, size)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    horizontal_first = _horizontal_first((width, height), (new_width, new_height))
+    if new_long > MAX_SIDE_RATIO * size:
+        return _crop_region(image, (new_width, new_height), (left, top), size, resample, horizontal_first)
+    if horizontal_first:
+        columns = _horizontal_pass(image, new_width, resample).crop((left, 0, left + size, height))
+        return _vertical_pass(columns, new_height, resample).crop((0, top, size, top + size))
+    rows = _vertical_pass(image, new_height, resample).crop((0, top, width, top + size))
+    return _horizontal_pass(rows, new_width, resample).crop((left, 0, left + size, size))
+
+
+def _crop_region(
+    image: Image.Image,
+    new_size: tuple[int, int],
+    offset: tuple[int, int],
+    size: int,
+    resample: str,
+    horizontal_first: bool,
+) -> Image.Image:
+    """The `size`-square crop at `offset` of `image` resized to `new_size`, for an image so long that
+    the resized image would not fit: the passes run in Pillow's order, and the pass along the long
+    side reads only the kept region through Pillow's `box` (float32 coordinates, so pixels can
+    differ from the whole resize by one 8-bit level)."""
+    (width, height), filter_ = image.size, RESAMPLE_FILTERS[resample]
+    (left, top), step_x, step_y = offset, width / new_size[0], height / new_size[1]
+    if width > height:  # wide: only the horizontal pass is cut, and it runs first
+        box = (left * step_x, 0, min(width, (left + size) * step_x), height)
+        return _vertical_pass(image.resize((size, height), resample=filter_, box=box), size, resample)
+    if not horizontal_first:
+        box = (0, top * step_y, width, min(height, (top + size) * step_y))
+        return _horizontal_pass(image.resize((width, size), resample=filter_, box=box), size, resample)
+    reach = _FILTER_SUPPORT[resample] * max(step_y, 1.0) + 1.0  # rows each output row reads either side
+    first = max(0, math.floor(top * step_y - reach))
+    last = min(height, math.ceil((top + size) * step_y + reach))
+    columns = _horizontal_pass(image.crop((0, first, width, last)), size, resample)
+    box = (0, top * step_y - first, size, min(last - first, (top + size) * step_y - first))
+    return columns.resize((size, size), resample=filter_, box=box)
 
 
 def preprocess(image: Image.Image | np.ndarray, config: ImageProcessingConfig) -> np.ndarray:
     """One image to a normalised float32 array of shape (3, size, size).
 
-    `image` is an RGB PIL image (see `load_image`) or a uint8 (H, W, 3) array.
+    `image` is an RGB PIL image (see `load_image`) or a uint8 (H, W, 3) array. Memory is bounded
+    by the output size whatever the aspect ratio (see the module docstring).
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -171,12 +283,10 @@ def preprocess(image: Image.Image | np.ndarray, config: ImageProcessingConfig) -
     elif image.mode != "RGB":
         image = _to_rgb(image)
     if config.mode == "pad":
-        image = expand_to_square(image, config.fill_color)
-    image = _resize_shortest_edge(image, config.size, RESAMPLE_FILTERS[config.resample])
-    width, height = image.size
-    top, left = (height - config.size) // 2, (width - config.size) // 2
-    pixels = np.asarray(image)[top : top + config.size, left : left + config.size]
-    pixels = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
+        image = _resize_padded(image, config.fill_color, config.size, config.resample)
+    else:
+        image = _resize_center_crop(image, config.size, config.resample)
+    pixels = (np.asarray(image).astype(np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
     return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))

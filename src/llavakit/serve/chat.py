@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import TextStreamer
 
+from llavakit.model.checkpoint import check_device, load_checkpoint
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.images import load_image
 from llavakit.processing.processor import LlavaKitProcessor
@@ -40,12 +41,15 @@ def tiny_random_chat_model(seed: int = 0) -> tuple[LlavaKitForCausalLM, LlavaKit
 def load_chat_model(
     checkpoint: str | Path | None, device: str = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor]:
-    """A saved llavakit checkpoint with its processor, or the tiny random model when None."""
-    if checkpoint is None:
-        model, processor = tiny_random_chat_model()
-    else:
-        model = LlavaKitForCausalLM.from_pretrained(checkpoint, dtype=dtype)
-        processor = LlavaKitProcessor.from_pretrained(checkpoint)
+    """A saved llavakit checkpoint with its processor, or the tiny random model when None.
+
+    The device and the folder are checked before anything loads (`llavakit.model.checkpoint`):
+    a missing or wrong folder, a damaged file or an absent device is a one-line error.
+    """
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint, LlavaKitProcessor, device=device, dtype=dtype)
+    device = check_device(device)
+    model, processor = tiny_random_chat_model()
     return model.to(device).eval(), processor
 
 

@@ -57,6 +57,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from llavakit.errors import DataError, OutputExistsError
+from llavakit.output_paths import check_writable_dir
 from llavakit.synthetic.world import (
     COLUMNS,
     ROWS,
@@ -744,17 +746,23 @@ def build_eval_sets(
 # --- files ----------------------------------------------------------------------------------
 
 
-def write_instruct_files(world_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0) -> dict[str, Path]:
+def write_instruct_files(
+    world_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, overwrite: bool = True
+) -> dict[str, Path]:
     """From a `synth.write_world` folder write pretrain.json, instruct.json and eval_<set>.jsonl.
 
     Image paths stay relative to `world_dir` (use it as the image folder). Training data
-    uses the training scenes' statistics; evaluation sets use the test scenes'.
+    uses the training scenes' statistics; evaluation sets use the test scenes'. With
+    `overwrite` False, files of these names already in the output folder are refused
+    (`OutputExistsError`) before anything is written; other files there are never touched.
     """
     world = Path(world_dir)
-    out = Path(out_dir) if out_dir is not None else world
+    out = check_writable_dir(out_dir if out_dir is not None else world, "instruct output folder")
+    train = load_scenes(_world_file(world, "scenes_train.jsonl"))
+    test = load_scenes(_world_file(world, "scenes_test.jsonl"))
+    if not overwrite:
+        _refuse_existing(out, ["pretrain.json", "instruct.json", *(f"eval_{name}.jsonl" for name in EVAL_SETS)])
     out.mkdir(parents=True, exist_ok=True)
-    train = load_scenes(world / "scenes_train.jsonl")
-    test = load_scenes(world / "scenes_test.jsonl")
     paths = {"pretrain": out / "pretrain.json", "instruct": out / "instruct.json"}
     _write_json(paths["pretrain"], build_pretrain_data(train, seed))
     _write_json(paths["instruct"], build_instruct_data(train, seed=seed))
@@ -764,6 +772,22 @@ def write_instruct_files(world_dir: str | Path, out_dir: str | Path | None = Non
             with open(paths[f"eval_{name}"], "w", encoding="utf-8", newline="\n") as handle:
                 handle.writelines(json.dumps(q, ensure_ascii=False) + "\n" for q in questions)
     return paths
+
+
+def _world_file(world: Path, name: str) -> Path:
+    """A file of a synthetic world; a folder without it is not a world (`DataError`)."""
+    if not (world / name).is_file():
+        what = "does not exist" if not world.exists() else f"has no {name}"
+        raise DataError(f"{world} {what}: give a folder written by `llavakit data synth`")
+    return world / name
+
+
+def _refuse_existing(out: Path, names: Sequence[str]) -> None:
+    existing = [name for name in names if (out / name).exists()]
+    if existing:
+        raise OutputExistsError(
+            f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them, or choose another --output"
+        )
 
 
 def _write_json(path: Path, data: Any) -> None:

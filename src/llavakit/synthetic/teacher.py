@@ -9,6 +9,9 @@ that speaks `/v1/chat/completions`, and makes the run safe to repeat:
 - retries with exponential backoff on 408/409/429/5xx, timeouts and dropped connections
   (bounded by `max_attempts`; the SDK's own retries are switched off so each attempt is
   counted); 401/403/404 stop the run at once, since every other request would fail too;
+- a total deadline per attempt (`timeout`): HTTP clients time each read, so a server that
+  trickles a byte a second would hold a request forever; each attempt runs as an asyncio task
+  on the client's own event loop and is cancelled (its connection closed) at the deadline;
 - an on-disk cache keyed by the SHA-256 of the request body (model, messages, sampling
   settings), so a rerun of the same requests sends nothing (`refresh=True` asks again and
   overwrites the entries: with resume, that retries only the samples not yet written);
@@ -18,7 +21,8 @@ that speaks `/v1/chat/completions`, and makes the run safe to repeat:
   if it fails again the sample is counted as failed, listed with its id in the report and
   in `<output stem>_failed.jsonl`, and never written;
 - a progress bar and a usage summary: requests, retries, cache hits, prompt and
-  completion tokens from the responses' `usage`, and a cost when prices are given.
+  completion tokens from the responses' `usage` (a reply whose `usage` is missing or not
+  a whole number is counted as one without usage), and a cost when prices are given.
 
     export OPENAI_API_KEY=...                      # or any key your server accepts
     from llavakit.synthetic.teacher import generate_main
@@ -30,14 +34,16 @@ Needs the OpenAI SDK: `pip install 'llavakit[instruct]'`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import random
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -45,6 +51,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from llavakit.errors import ConfigError, DataError
 from llavakit.synthetic.instruct import DETAIL_INSTRUCTIONS, to_sample
 from llavakit.synthetic.prompts import (
     LLM_KINDS,
@@ -78,7 +85,8 @@ class LLMConfig:
     environment variable `api_key_env`; a server given by URL may run without one (the SDK
     then sends "EMPTY"). `max_attempts` HTTP attempts per request; attempt k+1 waits
     `base_delay * 2**(k-1)` seconds (at most `max_delay`), or longer if the server sends
-    Retry-After. Prices are in currency units per million tokens.
+    Retry-After. `timeout` bounds each attempt as a whole (connecting, sending, waiting and
+    reading the reply). Prices are in currency units per million tokens.
     """
 
     model: str
@@ -96,11 +104,17 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("LLMConfig.model is empty: name the model the endpoint serves (--model)")
-        if self.max_attempts < 1 or self.max_concurrency < 1:
-            raise ValueError("LLMConfig needs max_attempts >= 1 and max_concurrency >= 1")
-        if self.base_delay < 0 or self.max_delay < 0 or self.timeout <= 0:
-            raise ValueError("LLMConfig needs base_delay >= 0, max_delay >= 0 and timeout > 0")
+            raise ConfigError("LLMConfig.model is empty: name the model the endpoint serves (--model)")
+        limits = {
+            "max_attempts": (self.max_attempts, "a whole number >= 1", self.max_attempts >= 1),
+            "max_concurrency": (self.max_concurrency, "a whole number >= 1", self.max_concurrency >= 1),
+            "base_delay": (self.base_delay, "seconds >= 0", self.base_delay >= 0),
+            "max_delay": (self.max_delay, "seconds >= 0", self.max_delay >= 0),
+            "timeout": (self.timeout, "a finite number of seconds > 0", 0 < self.timeout < float("inf")),
+        }
+        for name, (value, wanted, ok) in limits.items():
+            if not ok:
+                raise ConfigError(f"LLMConfig.{name} (--{name.replace('_', '-')}) must be {wanted}, got {value}")
 
     def resolved_base_url(self) -> str | None:
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -126,7 +140,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt + completion tokens of replies served from the cache
-    responses_without_usage: int = 0
+    responses_without_usage: int = 0  # no `usage`, or token counts that are not whole numbers
 
     def add(self, other: Usage) -> None:
         for f in fields(self):
@@ -143,10 +157,24 @@ class Usage:
 
 @dataclass(frozen=True)
 class Reply:
+    """What a completion said; fields a server filled with the wrong type become None."""
+
     content: str | None
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("content", "finish_reason"):
+            if not isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, None)
+        for name in ("prompt_tokens", "completion_tokens"):
+            object.__setattr__(self, name, _token_count(getattr(self, name)))
+
+
+def _token_count(value: Any) -> int | None:
+    """A usage count as the protocol defines it (a whole number >= 0), or None for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class RequestFailed(Exception):
@@ -192,8 +220,36 @@ class ResponseCache:
         os.replace(tmp.name, path)
 
 
+class _EventLoop:
+    """An asyncio event loop on its own thread: coroutines from any thread run there, each under a
+    deadline, and are cancelled (closing their connections) when it passes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="llavakit-llm-requests", daemon=True)
+        self.thread.start()
+
+    def run(self, make: Callable[[], Awaitable[Any]], deadline: float) -> Any:
+        """`await make()` on the loop, at most `deadline` seconds; raises TimeoutError after that."""
+
+        async def bounded() -> Any:
+            return await asyncio.wait_for(make(), deadline)
+
+        return asyncio.run_coroutine_threadsafe(bounded(), self.loop).result()
+
+    def close(self, make_last: Callable[[], Awaitable[Any]]) -> None:
+        """Run `make_last()` (closing the HTTP client), then stop the loop and its thread."""
+        try:
+            asyncio.run_coroutine_threadsafe(make_last(), self.loop).result()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            self.loop.close()
+
+
 class ChatClient:
-    """Chat completions with caching and bounded exponential backoff; safe to share across threads.
+    """Chat completions with caching, a deadline per attempt and bounded exponential backoff; safe to
+    share across threads (requests run concurrently on the client's event loop).
 
     `refresh` skips cache reads (replies are still written), to ask again for what was cached.
     """
@@ -204,16 +260,21 @@ class ChatClient:
         api_key = os.environ.get(config.api_key_env)
         if not api_key:
             if base_url is None:
-                raise ValueError(
+                raise ConfigError(
                     f"no API key: set ${config.api_key_env}, or give the base URL of a server that needs none"
                 )
             api_key = "EMPTY"
         self.config, self.cache, self.base_url, self._openai = config, cache, base_url, openai
         self.refresh = refresh
-        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout)
+        self._client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=config.timeout)
+        self._loop = _EventLoop()
 
     def close(self) -> None:
-        self._client.close()
+        self._loop.close(self._client.close)
+
+    def _create(self, body: dict[str, Any]) -> Any:
+        """One HTTP attempt, cancelled when it has not finished within `config.timeout` seconds."""
+        return self._loop.run(lambda: self._client.chat.completions.create(**body), self.config.timeout)
 
     def complete(self, messages: list[dict[str, str]]) -> tuple[Reply, Usage]:
         """The reply to `messages` and what it cost; raises RequestFailed, or RuntimeError on 401/403/404."""
@@ -230,7 +291,7 @@ class ChatClient:
             usage.requests += 1
             retry_after = None
             try:
-                completion = self._client.chat.completions.create(**body)
+                completion = self._create(body)
             except openai.APIStatusError as error:
                 status = error.status_code
                 if status in FATAL_STATUS:
@@ -243,10 +304,12 @@ class ChatClient:
                     raise RequestFailed(f"HTTP {status}: {_short(error)}", usage) from error
                 problem = f"HTTP {status}"
                 retry_after = _retry_after(error.response)
-            except openai.APITimeoutError:
-                problem = f"timeout after {self.config.timeout:g} s"
+            except (openai.APITimeoutError, TimeoutError):
+                problem = f"timeout: no whole reply within {self.config.timeout:g} s"
             except openai.APIConnectionError as error:
                 problem = f"connection error ({_short(error)})"
+            except (openai.APIResponseValidationError, ValueError) as error:  # a 200 whose body is not JSON
+                problem = f"the reply is not a chat completion ({_short(error)})"
             else:
                 reply = _reply(completion)
                 if reply.prompt_tokens is None and reply.completion_tokens is None:
@@ -280,12 +343,15 @@ def _retry_after(response: Any) -> float | None:
 
 
 def _reply(completion: Any) -> Reply:
-    choice = completion.choices[0] if getattr(completion, "choices", None) else None
-    content = choice.message.content if choice is not None and choice.message is not None else None
+    """The reply's text, finish reason and token counts, whatever shape the server gave them
+    (the SDK does not validate replies: a field can hold any JSON value)."""
+    choices = getattr(completion, "choices", None)
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = getattr(choice, "message", None)
     usage = getattr(completion, "usage", None)
     return Reply(
-        content,
-        choice.finish_reason if choice is not None else None,
+        getattr(message, "content", None),
+        getattr(choice, "finish_reason", None),
         getattr(usage, "prompt_tokens", None),
         getattr(usage, "completion_tokens", None),
     )
@@ -361,7 +427,11 @@ class GenerationReport:
             f"tokens: {u.prompt_tokens} prompt + {u.completion_tokens} completion = "
             f"{u.prompt_tokens + u.completion_tokens}"
             + (f"; cost {self.cost:.4f}" if self.cost is not None else "; cost: no prices given")
-            + (f" ({u.responses_without_usage} responses had no usage field)" if u.responses_without_usage else ""),
+            + (
+                f" ({u.responses_without_usage} responses had no usable usage field: their tokens are not counted)"
+                if u.responses_without_usage
+                else ""
+            ),
         ]
         lines += [f"failed {sample_id}: {reason}" for sample_id, reason in self.failed]
         if self.failed:
@@ -385,7 +455,7 @@ class GenerationReport:
 
 def done_ids(path: Path) -> set[str]:
     """Ids already in an output file. A last line cut off mid-write is removed; any other
-    unreadable line raises ValueError naming the file and line."""
+    unreadable line raises `DataError` naming the file and line."""
     if not path.exists():
         return set()
     data = path.read_bytes()
@@ -394,13 +464,17 @@ def done_ids(path: Path) -> set[str]:
         with open(path, "r+b") as handle:
             handle.truncate(len(data))
     ids = set()
-    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 ({error.reason} at byte {error.start}); fix or move it") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             ids.add(str(json.loads(line)["id"]))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: not a sample record ({error!r}); fix or remove the line") from error
+        except (ValueError, KeyError, TypeError, RecursionError) as error:
+            raise DataError(f"{path}:{number}: not a sample record ({error!r}); fix or remove the line") from error
     return ids
 
 
@@ -424,10 +498,10 @@ def generate(
     kinds = list(kinds) or list(LLM_KINDS)
     unknown = [k for k in kinds if k not in LLM_KINDS]
     if unknown:
-        raise ValueError(f"unknown instruction kinds {unknown} for an LLM teacher; known: {list(LLM_KINDS)}")
+        raise ConfigError(f"unknown instruction kinds {unknown} for an LLM teacher; known: {list(LLM_KINDS)}")
     ids = [scene.id for scene in scenes]
     if len(set(ids)) != len(ids) or not all(ids) or not all(scene.image for scene in scenes):
-        raise ValueError("scenes need distinct, non-empty ids and image paths (build them with synth.generate_world)")
+        raise DataError("scenes need distinct, non-empty ids and image paths (build them with synth.generate_world)")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     done = done_ids(output)
@@ -529,13 +603,13 @@ def generate_main(
     """
     model = model or os.environ.get("OPENAI_MODEL")
     if not model:
-        raise ValueError("no model given: pass --model (or set $OPENAI_MODEL) to the name the endpoint serves")
+        raise ConfigError("no model given: pass --model (or set $OPENAI_MODEL) to the name the endpoint serves")
     if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
+        raise ConfigError(f"limit must be >= 1, got {limit}")
     world = Path(world_dir)
     scenes_path = world / "scenes_train.jsonl"
     if not scenes_path.is_file():
-        raise ValueError(f"{scenes_path} does not exist: make the world with `llavakit data synth` first")
+        raise DataError(f"{scenes_path} does not exist: make the world with `llavakit data synth` first")
     scenes = load_scenes(scenes_path)[:limit]
     config = LLMConfig(
         model=model,

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from llavakit.errors import ConfigError, DataError
+
 COLOUR_RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 160, 60),
@@ -494,7 +496,7 @@ def generate_world(n: int, seed: int | None = None, config: WorldConfig | None =
     config = config or WorldConfig()
     seed = config.seed if seed is None else seed
     if n < 1:
-        raise ValueError(f"generate_world: n must be >= 1, got {n}")
+        raise ConfigError(f"generate_world: n must be >= 1, got {n}")
     width = max(6, len(str(n - 1)))
     scenes = []
     for i in range(n):
@@ -504,10 +506,24 @@ def generate_world(n: int, seed: int | None = None, config: WorldConfig | None =
     return scenes
 
 
+def check_split(n: int, test_fraction: float) -> None:
+    """Refuse a world size and test share that leave no training scene or no test scene."""
+    if not isinstance(n, int) or n < 2:
+        raise ConfigError(f"n={n}: a world needs at least 2 scenes, one to train on and one to test on")
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction={test_fraction} must lie strictly between 0 and 1")
+    test = round(n * test_fraction)
+    if test < 1 or test > n - 1:
+        side = "test" if test < 1 else "training"
+        raise ConfigError(
+            f"test_fraction={test_fraction} of n={n} scenes leaves no {side} scene ({test} of {n} for test)"
+        )
+
+
 def split_scenes(scenes: Sequence[Scene], test_fraction: float, seed: int) -> tuple[list[Scene], list[Scene]]:
     """Split by image (no image in both halves), deterministically from `seed`."""
     if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+        raise ConfigError(f"test_fraction must be in [0, 1], got {test_fraction}")
     order = list(range(len(scenes)))
     random.Random(f"llavakit-split:{seed}").shuffle(order)
     test_ids = set(order[: round(len(scenes) * test_fraction)])
@@ -618,23 +634,30 @@ def _write_jsonl(path: Path, scenes: Iterable[Scene]) -> None:
 
 
 def load_scenes(path: str | Path) -> list[Scene]:
-    """Read a scenes_*.jsonl file; a bad line raises ValueError naming the file and line."""
+    """Read a scenes_*.jsonl file; a missing file or a bad line raises `DataError` naming the file (and line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: make the world with `llavakit data synth` first")
     scenes = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                scenes.append(Scene.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, ValueError) as err:
-                raise ValueError(f"{path}:{number}: {err}") from err
+                scenes.append(Scene.from_dict(json.loads(line.decode("utf-8"))))
+            except (ValueError, RecursionError) as err:  # JSON, UTF-8 and record errors are all ValueErrors
+                raise DataError(f"{path}:{number}: {err}") from err
     return scenes
 
 
 def write_world(
     out_dir: str | Path, n: int, seed: int | None = None, test_fraction: float = 0.2, config: WorldConfig | None = None
 ) -> WorldManifest:
-    """Render `n` scenes into `out_dir`: images/*.png, scenes_train.jsonl, scenes_test.jsonl, world.json."""
+    """Render `n` scenes into `out_dir`: images/*.png, scenes_train.jsonl, scenes_test.jsonl, world.json.
+
+    `n` and `test_fraction` must leave at least one training and one test scene (`check_split`).
+    """
+    check_split(n, test_fraction)
     config = config or WorldConfig()
     seed = config.seed if seed is None else seed
     root = Path(out_dir)

@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments
 
-from llavakit.train.config import TrainConfig
-
-_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from llavakit.errors import ConfigError, DeviceError
+from llavakit.train.config import PRECISIONS, TrainConfig
 
 
 def world_size_from_environment() -> int:
@@ -26,12 +25,12 @@ def world_size_from_environment() -> int:
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
-    if precision not in _PRECISIONS:
-        raise ValueError(f"optimization.precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"optimization.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         return {"bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())}
     if precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("optimization.precision=fp16 needs a GPU; use bf16 or fp32 on this machine")
+        raise DeviceError("optimization.precision=fp16 needs a GPU; use bf16 or fp32 on this machine")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -74,14 +73,12 @@ def training_arguments(
     `has_text_only`: whether the data holds samples without images (see `find_unused_parameters`).
     """
     optim, output, distributed = config.optimization, config.output, config.distributed
-    if not 0 <= optim.warmup_ratio < 1:
-        raise ValueError(f"optimization.warmup_ratio is a share of the steps in [0, 1), got {optim.warmup_ratio}")
     if distributed.deepspeed is not None and not Path(distributed.deepspeed).is_file():
-        raise ValueError(f"distributed.deepspeed: {distributed.deepspeed} does not exist")
+        raise ConfigError(f"distributed.deepspeed: {distributed.deepspeed} does not exist")
     if distributed.fsdp_config is not None and not Path(distributed.fsdp_config).is_file():
-        raise ValueError(f"distributed.fsdp_config: {distributed.fsdp_config} does not exist")
+        raise ConfigError(f"distributed.fsdp_config: {distributed.fsdp_config} does not exist")
     if distributed.deepspeed is not None and distributed.fsdp:
-        raise ValueError("choose one of distributed.deepspeed and distributed.fsdp")
+        raise ConfigError("choose one of distributed.deepspeed and distributed.fsdp")
     fsdp_config = None
     if distributed.fsdp:
         # Under FSDP, checkpointing belongs in its own config (the Trainer flag would all-gather twice).

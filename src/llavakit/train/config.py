@@ -16,8 +16,11 @@ around instead of dozens of keyword arguments:
 
 The files are read by OmegaConf structured configs (`llavakit.config_files`): override values
 are parsed as YAML (`true`, `[1, 2]`, `{a: 1}`); list items are addressed by index
-(`data.datasets.0.fraction=0.5`). A key that no dataclass declares raises ValueError naming
-it, in files and overrides alike, so a typo never silently trains with a default.
+(`data.datasets.0.fraction=0.5`). A key that no dataclass declares raises `ConfigError` (a
+ValueError) naming it, in files and overrides alike, so a typo never silently trains with a
+default; so does a value that cannot work (`check_values`: epochs infinite or negative, a batch
+or length below 1, a negative rate, a share outside its range, an unknown template, scheduler or
+optimizer), naming every such key at once.
 Fields left `null` in `optimization` are filled from the stage recipe by
 `llavakit.train.recipes.resolve_config`; the resolved config is what each run folder records
 (an included model spec written out in full).
@@ -34,7 +37,12 @@ from typing import Any
 import yaml
 
 from llavakit.config_files import Layer, load_structured, read_yaml, union_field
+from llavakit.errors import ConfigError
 from llavakit.model.build import ModelSpec, model_spec_layers
+from llavakit.train.config_checks import PRECISIONS, check_values
+
+# The resolved config a run folder, and each of its checkpoints, records.
+CONFIG_NAME = "train_config.yaml"
 
 
 def _is_report_to(value: Any) -> bool:
@@ -54,6 +62,7 @@ class DatasetConfig:
     fraction: float = 1.0
     response_format_prompt: str | None = None
     name: str | None = None
+    allow_outside_paths: bool = False  # absolute image paths and paths with `..` (off: a bad sample, unsafe path)
 
 
 @dataclass
@@ -65,7 +74,10 @@ class DataConfig:
     `group_by_modality`: image and text-only samples in separate batches, similar lengths
     together (LLaVA-1.5's `group_by_modality_length`).
     `max_skipped_fraction`: share of bad samples (missing image, over length, ...) above which
-    the run stops; checked once `skip_check_min_samples` samples have been drawn, and at the end.
+    the run stops, in [0, 1] (0: none tolerated). The run stops as soon as the skipped count
+    exceeds that share of every sample the run will draw (optimizer steps x global batch, known
+    up front), so no epoch is trained in vain; also once `skip_check_min_samples` samples were
+    drawn and the share so far is over, and at the end.
     """
 
     datasets: list[DatasetConfig] = field(default_factory=list)
@@ -160,9 +172,21 @@ class DistributedConfig:
 class OutputConfig:
     """Where the run goes and what it records.
 
+    `dir`: the run folder. A fresh run needs it missing or empty; one that holds an earlier run
+    (`train_config.yaml`, `checkpoint-N`) is refused unless `resume` continues it or `overwrite`
+    (`llavakit train --overwrite`) replaces it: its files are removed first, so checkpoint
+    rotation never mixes two runs. A folder that holds anything else, or this run's own inputs,
+    is never emptied.
     `save_steps`: a checkpoint every that many optimizer steps (0: none); each is written to a
-    staging folder and renamed into place, so `checkpoint-N` is always complete.
-    `resume`: true continues from the newest `checkpoint-N` in `dir`; a path names one.
+    staging folder and renamed into place, so `checkpoint-N` is always complete, and holds the
+    run's `train_config.yaml`.
+    `resume`: true continues from the newest `checkpoint-N` in `dir`; a path names one. The
+    config is checked against the checkpoint's `train_config.yaml`: a change to what the weights
+    become (model, data, stage, optimization, DeepSpeed / FSDP) is refused, naming every changed
+    key; changes to how the run is saved, logged and reported (all of `output`), and to how fast
+    it runs (`data.num_workers`, `optimization.gradient_checkpointing`, DDP settings) or when it
+    gives up on bad data (`data.max_skipped_fraction`, `data.skip_check_min_samples`), are
+    applied and recorded (`llavakit.train.resume.APPLIED_ON_RESUME`).
     `report_to`: `auto` (TensorBoard / wandb when installed), `none`, or a list.
     `progress_bar`: Trainer's tqdm bar with the latest loss; the per-step log dicts are never printed.
     `plot`: write `loss.png` (matplotlib) at the end.
@@ -179,6 +203,7 @@ class OutputConfig:
     plot: bool = True
     merge_lora: bool = False
     run_name: str | None = None
+    overwrite: bool = False
 
 
 @dataclass
@@ -207,9 +232,18 @@ def recipe_layers(path: Path) -> list[Layer]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (or start from defaults when `path` is None) and apply `key=value` overrides."""
-    layers = recipe_layers(Path(path)) if path is not None else []
-    return load_structured(TrainConfig, layers, list(overrides or []))
+    """Read a YAML recipe (or start from defaults when `path` is None) and apply `key=value` overrides.
+
+    Raises `ConfigError` for an unknown key, a value of the wrong kind, or one that cannot work
+    (`check_values`).
+    """
+    try:
+        layers = recipe_layers(Path(path)) if path is not None else []
+        config = load_structured(TrainConfig, layers, list(overrides or []))
+    except ValueError as error:  # one line, even when it quotes a YAML parser's several
+        raise ConfigError(" ".join(str(error).split())) from None
+    check_values(config)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -227,7 +261,15 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(config_to_yaml(config), encoding="utf-8")
 
 
+def save_run_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the config a run folder records: `output.overwrite` is how the run started, not a
+    setting, so it is recorded false (training from the recorded file never deletes the run)."""
+    save_config(dataclasses.replace(config, output=dataclasses.replace(config.output, overwrite=False)), path)
+
+
 __all__ = [
+    "CONFIG_NAME",
+    "PRECISIONS",
     "DataConfig",
     "DatasetConfig",
     "DistributedConfig",
@@ -236,9 +278,11 @@ __all__ = [
     "OutputConfig",
     "StageConfig",
     "TrainConfig",
+    "check_values",
     "config_to_yaml",
     "load_config",
     "recipe_layers",
     "save_config",
+    "save_run_config",
     "to_dict",
 ]

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from llavakit.errors import CheckpointError
 from llavakit.interop.original_llava import llavakit_state_dict_from_original
 from llavakit.model.build import (
     ModelSpec,
@@ -39,6 +43,7 @@ from llavakit.model.build import (
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.processing.tokenizer import prepare_tokenizer
+from llavakit.train.checkpoint_files import verify_model_folder, verify_safetensors
 from llavakit.train.config import StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -157,6 +162,7 @@ def build_model_and_processor(config: TrainConfig) -> tuple[LlavaKitForCausalLM,
     if spec.checkpoint is not None:
         if quantize:
             raise ValueError("stage.lora.quantize (QLoRA) needs model.vision/model.language, not model.checkpoint")
+        verify_model_folder(spec.checkpoint, "model.checkpoint")
         model = LlavaKitForCausalLM.from_pretrained(spec.checkpoint, dtype=_torch_dtype(spec.dtype))
         saved = LlavaKitProcessor.from_pretrained(spec.checkpoint)
         same = saved.template_name == config.data.template and saved.image_config.mode == config.data.image_mode
@@ -172,52 +178,68 @@ def build_model_and_processor(config: TrainConfig) -> tuple[LlavaKitForCausalLM,
     # every sub-model (transformers' default, sdpa, unless the config asks for another).
     model.set_attn_implementation(spec.attn_implementation or "sdpa")
     if spec.connector_weights is not None:
-        load_trainable_weights(model, spec.connector_weights)
+        load_trainable_weights(model, spec.connector_weights, "model.connector_weights")
     return model, processor
 
 
 # ---- trainable weights ---------------------------------------------------------------------------
 
 
-def trainable_weights_file(path: str | Path) -> Path:
-    """A run folder's `trainable.safetensors`, or the file itself."""
+def trainable_weights_file(path: str | Path, key: str = "model.connector_weights") -> Path:
+    """A run folder's `trainable.safetensors`, or the file itself (`key` names the setting in errors)."""
     path = Path(path)
     if path.is_dir():
         path = path / TRAINABLE_WEIGHTS_NAME
     if not path.is_file():
-        raise ValueError(
-            f"connector weights {path} do not exist (a stage-1 run folder or its {TRAINABLE_WEIGHTS_NAME})"
+        raise CheckpointError(
+            f"{key}: {path} does not exist (name a stage-1 run folder or its {TRAINABLE_WEIGHTS_NAME})"
         )
+    if path.suffix not in (".safetensors", ".bin"):
+        raise CheckpointError(f"{key}: {path} must be a .safetensors file (or an original LLaVA mm_projector.bin)")
     return path
 
 
-def read_trainable_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors by llavakit parameter name; an original LLaVA `mm_projector.bin` is renamed on the way."""
-    path = trainable_weights_file(path)
+def check_trainable_weights(path: str | Path, key: str = "model.connector_weights") -> Path:
+    """The weights file `path` names, checked before a model is built for it (safetensors: intact)."""
+    path = trainable_weights_file(path, key)
     if path.suffix == ".safetensors":
-        return load_file(path)
-    if path.suffix == ".bin":
+        try:
+            verify_safetensors(path)
+        except CheckpointError as error:
+            raise CheckpointError(f"{key}: {error}") from None
+    return path
+
+
+def read_trainable_weights(path: str | Path, key: str = "model.connector_weights") -> dict[str, torch.Tensor]:
+    """Tensors by llavakit parameter name; an original LLaVA `mm_projector.bin` is renamed on the way."""
+    path = trainable_weights_file(path, key)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return llavakit_state_dict_from_original(state)
-    raise ValueError(f"connector weights {path} must be a .safetensors file (or an original LLaVA mm_projector.bin)")
+    except (SafetensorError, RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{key}: {path} is truncated or damaged ({error})") from None
+    return llavakit_state_dict_from_original(state)
 
 
-def load_trainable_weights(model: nn.Module, path: str | Path) -> list[str]:
+def load_trainable_weights(model: nn.Module, path: str | Path, key: str = "model.connector_weights") -> list[str]:
     """Copy the tensors of `path` into `model`'s parameters of the same names; return the names.
 
     Every name must exist in the model with the same shape (a connector trained for another
     vision or language width is an error, not a silent partial load).
     """
-    tensors = read_trainable_weights(path)
+    tensors = read_trainable_weights(path, key)
     own = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(own))
     if unknown:
-        raise ValueError(f"{path}: {len(unknown)} weight(s) the model does not have: {', '.join(unknown[:8])}")
+        raise CheckpointError(
+            f"{key}: {path} has {len(unknown)} weight(s) the model does not have: {', '.join(unknown[:8])}"
+        )
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(own[name].shape):
-            raise ValueError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)} "
-                "(was it trained with another vision tower, connector or language model?)"
+            raise CheckpointError(
+                f"{key}: {path}: {name} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(own[name].shape)} (was it trained with another vision tower, connector or language model?)"
             )
         with torch.no_grad():
             own[name].copy_(tensor.to(own[name].dtype))
@@ -277,6 +299,7 @@ __all__ = [
     "TRAINABLE_WEIGHTS_NAME",
     "apply_lora",
     "build_model_and_processor",
+    "check_trainable_weights",
     "load_tokenizer",
     "load_trainable_weights",
     "read_trainable_weights",

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from llavakit.errors import ConfigError
 from llavakit.train.config import StageConfig, TrainConfig
+from llavakit.train.config_checks import check_values
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +77,13 @@ RECIPES = {
 
 def get_recipe(name: str) -> StageRecipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(RECIPES)}")
+        raise ConfigError(f"config key 'stage.name': unknown stage {name!r}; known stages: {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
-    """A copy of `config` with the stage recipe's values in every null field it covers."""
+    """A copy of `config` with the stage recipe's values in every null field it covers (checked before and after)."""
+    check_values(config)
     config = copy.deepcopy(config)
     stage, optim = config.stage, config.optimization
     recipe = get_recipe(stage.name)
@@ -88,15 +91,15 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         if getattr(stage, flag) is None:
             setattr(stage, flag, getattr(recipe, flag))
     if stage.lora.enabled and not stage.train_llm:
-        raise ValueError("stage.lora.enabled needs stage.train_llm=true: LoRA adapters train the language model")
+        raise ConfigError("stage.lora.enabled needs stage.train_llm=true: LoRA adapters train the language model")
     if stage.lora.quantize not in (None, "4bit", "8bit"):
-        raise ValueError(f"stage.lora.quantize must be null, 4bit or 8bit, got {stage.lora.quantize!r}")
+        raise ConfigError(f"stage.lora.quantize must be null, 4bit or 8bit, got {stage.lora.quantize!r}")
     if stage.lora.quantize and not stage.lora.enabled:
-        raise ValueError(
+        raise ConfigError(
             "stage.lora.quantize (QLoRA) needs stage.lora.enabled=true: a quantized model trains through adapters"
         )
     if not (stage.train_vision or stage.train_connector or stage.train_llm):
-        raise ValueError(f"stage {stage.name!r} trains nothing: set one of train_vision, train_connector, train_llm")
+        raise ConfigError(f"stage {stage.name!r} trains nothing: set one of train_vision, train_connector, train_llm")
     if optim.global_batch_size is None:
         optim.global_batch_size = recipe.global_batch_size
     if optim.epochs is None:
@@ -112,19 +115,20 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         optim.connector_lr = recipe.lora_connector_lr if stage.lora.enabled else optim.lr
     if optim.vision_lr is None:
         optim.vision_lr = recipe.vision_lr if recipe.vision_lr is not None else optim.lr
+    check_values(config)
     return config
 
 
 def gradient_accumulation_steps(global_batch_size: int, per_device_batch_size: int, world_size: int) -> int:
     """Micro-batches per optimizer step so that per-device x accumulation x world size == global batch."""
     if min(global_batch_size, per_device_batch_size, world_size) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"batch sizes and world size must be positive, got global={global_batch_size}, "
             f"per_device={per_device_batch_size}, world_size={world_size}"
         )
     per_step = per_device_batch_size * world_size
     if global_batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"global batch {global_batch_size} is not a multiple of per_device_batch_size x world size = "
             f"{per_device_batch_size} x {world_size} = {per_step}; change optimization.per_device_batch_size"
         )

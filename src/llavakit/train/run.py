@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging as transformers_logging
 
 from llavakit.data.batching import PackingCollator, PaddingCollator
@@ -38,7 +37,7 @@ from llavakit.data.dataset import LlavaDataset
 from llavakit.data.records import DatasetSpec
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.train.arguments import training_arguments, world_size_from_environment
-from llavakit.train.config import DataConfig, TrainConfig, load_config, save_config
+from llavakit.train.config import CONFIG_NAME, DataConfig, TrainConfig, load_config, save_run_config
 from llavakit.train.model_setup import (
     TRAINABLE_WEIGHTS_NAME,
     apply_lora,
@@ -51,6 +50,7 @@ from llavakit.train.recipes import (
     gradient_accumulation_steps,
     resolve_config,
 )
+from llavakit.train.run_folder import open_run_folder, prepare_run
 from llavakit.train.skips import SkipReport, TooManyBadSamplesError
 from llavakit.train.trainer import (
     CountingCollator,
@@ -60,7 +60,6 @@ from llavakit.train.trainer import (
 
 logger = logging.getLogger(__name__)
 
-CONFIG_NAME = "train_config.yaml"
 LOSS_PLOT_NAME = "loss.png"
 LOSSES_NAME = "losses.json"
 MERGED_DIR = "merged"
@@ -99,21 +98,6 @@ def make_dataset(data: DataConfig, processor: LlavaKitProcessor) -> LlavaDataset
         raise ValueError("data.datasets is empty: list at least one LLaVA-format .json / .jsonl file")
     specs = [DatasetSpec(**dataclasses.asdict(spec)) for spec in data.datasets]
     return LlavaDataset(specs, processor, data.max_length, seed=data.seed)
-
-
-def _checkpoint_to_resume(config: TrainConfig) -> str | None:
-    resume = config.output.resume
-    if resume is False or resume is None:
-        return None
-    if resume is True:
-        folder = Path(config.output.dir)
-        found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-        if found is None:
-            raise ValueError(f"output.resume=true but {folder} holds no checkpoint-N folder to resume from")
-        return found
-    if not Path(resume).is_dir():
-        raise ValueError(f"output.resume: checkpoint folder {resume} does not exist")
-    return str(resume)
 
 
 def _use_quiet_progress(trainer: LlavaKitTrainer, show_bar: bool) -> None:
@@ -193,20 +177,23 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
     """Train as `config` says (resolving stage defaults first) and return what the run produced.
 
     `callbacks`: extra transformers `TrainerCallback`s (e.g. to stop early or watch the loss).
-    Raises ValueError for a bad config, and `TooManyBadSamplesError` when too many samples
-    were skipped as bad (the report is still written to the run folder first).
+    Before the model is built, the run folder, inputs and any checkpoint to resume are checked
+    (`run_folder.prepare_run`): a `LlavaKitError` names what is wrong (`ConfigError`,
+    `OutputExistsError`, `ResumeMismatchError`, `CheckpointError`, ...). Raises
+    `TooManyBadSamplesError` when too many samples were skipped as bad (the report is still
+    written to the run folder first).
     """
     start = time.perf_counter()
     config = resolve_config(config)
-    resume = _checkpoint_to_resume(config)
+    resume = prepare_run(config)
     trainer = build_trainer(config, callbacks)
-    output = Path(config.output.dir)
+    output = open_run_folder(config)
     if trainer.args.should_save:
-        save_config(config, output / CONFIG_NAME)
+        save_run_config(config, output / CONFIG_NAME)
     if resume is not None:
         trainer.restore_skip_report(resume)
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except TooManyBadSamplesError:
         _report_skips(trainer, output)
         raise
@@ -244,7 +231,10 @@ def _summary(result: TrainResult) -> str:
 
 
 def train_main(config_path: str, overrides: list[str]) -> int:
-    """`llavakit train CONFIG [key=value ...]`: run, print a short summary on the main process, return 0."""
+    """`llavakit train CONFIG [key=value ...]`: run, print a short summary on the main process, return 0.
+
+    `llavakit train --overwrite` adds the override `output.overwrite=true`.
+    """
     config = load_config(config_path, overrides)
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(

@@ -3,9 +3,11 @@
 The dataset turns a sample it cannot use (missing or corrupt image, over-long, malformed
 turns, ...) into `{"skipped": reason, "sample_id": id}`; the collators move those into the
 batch under `skipped_samples`. The trainer pops that key before the forward pass and hands
-it here. Above `max_fraction` of the samples drawn so far (checked once `min_samples` have
-been drawn, and once more at the end) the run stops with `TooManyBadSamplesError`, naming
-the count: a broken image folder should not cost a night of training on the remaining few.
+it here. The run stops with `TooManyBadSamplesError`, naming the count, as soon as the share
+is provably over `max_fraction`: once the skipped count exceeds that share of every sample the
+run will draw (its optimizer steps x global batch, known before the first step), whatever the
+rest holds; also above `max_fraction` of the samples drawn so far once `min_samples` have been
+drawn, and at the end. A broken image folder should not cost a night (or an epoch) of training.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llavakit.errors import DataError
+
 REPORT_NAME = "skipped_samples.json"
+_ADVICE = "run `llavakit data check` on the data, or raise data.max_skipped_fraction"
 
 
-class TooManyBadSamplesError(ValueError):
+class TooManyBadSamplesError(DataError):
     """More than the allowed share of samples was skipped."""
 
 
@@ -83,18 +88,25 @@ class SkipPolicy:
     max_fraction: float = 0.01
     min_samples: int = 1000
 
-    def check(self, seen: int, skipped: int, final: bool = False) -> None:
-        """Raise `TooManyBadSamplesError` when `skipped / seen` is over the share.
+    def check(self, seen: int, skipped: int, final: bool = False, planned: int | None = None) -> None:
+        """Raise `TooManyBadSamplesError` when the bad share is over `max_fraction`, or will be.
 
-        Checked once `min_samples` were seen, and at the end.
+        `planned`: the most samples the whole run draws; more than `max_fraction` of it skipped
+        already means the final share is over, however many samples are still to come. The share
+        so far is judged once `min_samples` were seen, and at the end (`final`).
         """
+        if planned is not None and skipped > self.max_fraction * planned:
+            raise TooManyBadSamplesError(
+                f"{skipped} of the {seen} samples drawn so far were skipped as bad: more than "
+                f"data.max_skipped_fraction={self.max_fraction} of the at most {planned} samples this run draws, "
+                f"whatever the rest hold; {_ADVICE}"
+            )
         if seen == 0 or (seen < self.min_samples and not final):
             return
         if skipped / seen > self.max_fraction:
             raise TooManyBadSamplesError(
                 f"{skipped} of {seen} samples were skipped as bad ({skipped / seen:.1%}), more than "
-                f"data.max_skipped_fraction={self.max_fraction}; run `llavakit data check` on the data, "
-                "or raise data.max_skipped_fraction"
+                f"data.max_skipped_fraction={self.max_fraction}; {_ADVICE}"
             )
 
 

@@ -10,11 +10,15 @@ The additions, each in one method:
   with megabatches of one global batch (per-device x accumulation x world size), so a
   1-process run with accumulation sees the same batches as an N-process run;
 * `get_batch_samples`: pops `skipped_samples` / `num_samples` from every batch before the
-  forward pass, counts them (`skips.SkipReport`), stops the run above the allowed share, and
-  swaps a batch whose every sample was bad for a filler batch that contributes zero loss
-  (every rank must still run forward and backward, or DDP / ZeRO would wait forever);
-* `_save_checkpoint`: writes `checkpoint-N` into `.staging/` and renames it into place, so a
-  run killed mid-save never leaves a half-written checkpoint for `resume` to pick;
+  forward pass, counts them (`skips.SkipReport`), stops the run as soon as the allowed share is
+  provably exceeded (of the samples the whole run draws: steps x global batch), and swaps a
+  batch whose every sample was bad for a filler batch that contributes zero loss (every rank
+  must still run forward and backward, or DDP / ZeRO would wait forever);
+* `_save_checkpoint`: writes `checkpoint-N` (with the run's `train_config.yaml` and skip
+  report) into `.staging/` and renames it into place, so a run killed mid-save never leaves a
+  half-written checkpoint for `resume` to pick;
+* `CurrentIntervals`: a resumed run saves and logs at the intervals of its own config, not
+  the ones the checkpoint's `trainer_state.json` recorded;
 * `_save` / `_load_from_checkpoint`: when the language model is frozen (stage 1) only the
   trainable weights are written (`trainable.safetensors`) and read back.
 """
@@ -30,14 +34,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from PIL import Image
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llavakit.data.batching import ModalityLengthGroupedSampler
 from llavakit.processing.processor import IGNORE_INDEX
-from llavakit.train.config import TrainConfig
+from llavakit.train.config import CONFIG_NAME, TrainConfig, save_run_config
 from llavakit.train.model_setup import (
     TRAINABLE_WEIGHTS_NAME,
     load_trainable_weights,
@@ -74,6 +78,17 @@ class QuietProgressCallback(ProgressCallback):
                 self.training_bar.set_postfix(shown, refresh=False)
 
 
+class CurrentIntervals(TrainerCallback):
+    """Save and log at the intervals of this run's arguments.
+
+    On resume the Trainer takes `save_steps` / `logging_steps` from the checkpoint's state; a
+    resumed run may change them (`llavakit.train.resume`), and its config records the new ones.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+
+
 class LlavaKitTrainer(Trainer):
     """Trainer for `LlavaKitForCausalLM` (plain, or wrapped by peft); `config` is the resolved run config."""
 
@@ -86,6 +101,7 @@ class LlavaKitTrainer(Trainer):
         self.save_trainable_only = not config.stage.train_llm
         self._staging_root: str | None = None
         self._filler: dict[str, Any] | None = None
+        self.add_callback(CurrentIntervals())
 
     # ---- optimizer and sampler ---------------------------------------------------------------
 
@@ -140,12 +156,16 @@ class LlavaKitTrainer(Trainer):
         self.skips.skipped += [(str(sample_id), str(reason)) for sample_id, reason in skipped]
         return batch if "input_ids" in batch else self._filler_batch()
 
+    def planned_samples(self) -> int:
+        """The most samples this run draws: every optimizer step draws at most one global batch."""
+        return self.state.max_steps * self.config.optimization.global_batch_size
+
     def _check_skips(self) -> None:
-        """Stop every rank alike when the bad share, summed over ranks, is too high."""
+        """Stop every rank alike when the bad share, summed over ranks, is (or will end) too high."""
         counts = torch.tensor([self.skips.seen, self.skips.num_skipped], device=self.args.device)
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
-        self.skip_policy.check(int(counts[0]), int(counts[1]))
+        self.skip_policy.check(int(counts[0]), int(counts[1]), planned=self.planned_samples())
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         batches = []
@@ -196,6 +216,7 @@ class LlavaKitTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             report.save(staging / name)
+            save_run_config(self.config, staging / name / CONFIG_NAME)  # what a resume is checked against
             publish_folder(staging / name, run_dir / name)
             if not any(staging.iterdir()):
                 staging.rmdir()
@@ -219,7 +240,7 @@ class LlavaKitTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         weights = Path(resume_from_checkpoint) / TRAINABLE_WEIGHTS_NAME
         if weights.is_file():
-            load_trainable_weights(model if model is not None else self.model, weights)
+            load_trainable_weights(model if model is not None else self.model, weights, "output.resume")
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -238,6 +259,7 @@ def publish_folder(source: Path, target: Path) -> None:
 
 __all__ = [
     "CountingCollator",
+    "CurrentIntervals",
     "LlavaKitTrainer",
     "QuietProgressCallback",
     "STAGING_DIR",

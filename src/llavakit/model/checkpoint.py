@@ -1,0 +1,282 @@
+"""Checkpoint folders checked before anything loads, so a wrong or damaged one is named in one line.
+
+`llavakit chat --model`, `llavakit eval` and `llavakit export` load a llavakit checkpoint
+folder (config.json, model weights, processor files) with `load_checkpoint`; `llavakit
+import` reads its source with the same checks. Each folder a user points at by mistake gets
+its own message: a path that does not exist (these commands read local folders only, so a
+typo never turns into a hub download), a data folder, a stage-1 run folder (connector weights
+only), a LoRA adapter folder, a transformers or original LLaVA folder (convert it with
+`llavakit import` first). Damaged files (a config.json that is not JSON, a truncated
+safetensors file, a shard missing from its index) are named before transformers reads them,
+and weights that do not fit the config are an error, never a silently random-initialised part.
+
+    model, processor = load_checkpoint("runs/stage2", LlavaKitProcessor, device="cuda")
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from llavakit.errors import CheckpointError, DeviceError, LlavaKitError
+from llavakit.model.modeling import LlavaKitForCausalLM
+
+CONFIG_FILE = "config.json"
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# What `llavakit train` writes instead of a whole model while the language model is frozen (stage 1).
+STAGE1_WEIGHTS = "trainable.safetensors"
+LORA_ADAPTER_CONFIG = "adapter_config.json"
+# JSON files that transformers' and llavakit's loaders read: parsed here first, so a damaged one is named.
+JSON_FILES = (
+    CONFIG_FILE,
+    "generation_config.json",
+    "llavakit_processor.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    *WEIGHT_INDEXES,
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+DATA_SUFFIXES = (".json", ".jsonl", ".png", ".jpg", ".jpeg", ".mp4")
+_LOADING_PROBLEMS = ("missing_keys", "mismatched_keys", "unexpected_keys")
+
+# ---- devices ------------------------------------------------------------------------------------
+
+
+def available_devices() -> list[str]:
+    """`cpu` and every accelerator device torch sees here, written as `--device` takes them."""
+    devices = ["cpu"]
+    if torch.accelerator.is_available():
+        kind = torch.accelerator.current_accelerator().type
+        devices += [f"{kind}:{index}" for index in range(torch.accelerator.device_count())]
+    return devices
+
+
+def _present(device: torch.device) -> bool:
+    """The CPU, or this machine's accelerator type with an index it has (none: the current one)."""
+    if device.type == "cpu":
+        return True
+    if not torch.accelerator.is_available() or torch.accelerator.current_accelerator().type != device.type:
+        return False
+    return device.index is None or device.index < torch.accelerator.device_count()
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` parsed and present on this machine: checked before a model loads, naming what is available."""
+    available = ", ".join(available_devices())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise DeviceError(f"device {str(device)!r} is not a device name (available here: {available})") from error
+    if not _present(parsed):
+        raise DeviceError(f"device {str(device)!r} is not available on this machine (available: {available})")
+    return parsed
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+
+def read_json_file(path: str | Path) -> Any:
+    """A JSON file's content; a CheckpointError names the file when it is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}): the file is damaged") from error
+
+
+def check_safetensors_file(path: Path) -> None:
+    """Read the header: a truncated or foreign file fails here, named, not deep inside a loader."""
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}): it is truncated or damaged; copy or save it again"
+        ) from error
+
+
+def check_torch_file(path: Path) -> None:
+    """A zip-format PyTorch file must end in its zip directory; a truncated one does not."""
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"
+    if path.stat().st_size == 0 or (is_zip and not zipfile.is_zipfile(path)):
+        raise CheckpointError(f"{path} is not a readable PyTorch weights file: it is truncated or damaged")
+
+
+def _indexed_files(index: Path) -> list[Path]:
+    data = read_json_file(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index} has no weight_map: the index is damaged")
+    files = [index.parent / str(name) for name in sorted(set(weight_map.values()))]
+    for file in files:
+        if not file.is_file():
+            raise CheckpointError(f"{index} names the shard {file.name}, which is missing from {index.parent}")
+    return files
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The files holding `folder`'s model weights (an index's shards, or the single file), each checked.
+
+    Empty when the folder has none; a CheckpointError names a damaged or missing one.
+    """
+    folder = Path(folder)
+    index = next((folder / name for name in WEIGHT_INDEXES if (folder / name).is_file()), None)
+    if index is not None:
+        files = _indexed_files(index)
+    else:
+        files = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()][:1]
+    for file in files:
+        check_safetensors_file(file) if file.suffix == ".safetensors" else check_torch_file(file)
+    return files
+
+
+# ---- folders ------------------------------------------------------------------------------------
+
+
+def check_folder_exists(path: str | Path, what: str = "checkpoint folder") -> Path:
+    """`path` as an existing local folder; no hub lookup, so a typo is named instead of downloaded."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{what} {path} does not exist (llavakit reads checkpoints from local folders; "
+            "download a hub model first, e.g. `hf download NAME --local-dir DIR`)"
+        )
+    if not path.is_dir():
+        raise CheckpointError(f"{what} {path} is a file, not a checkpoint folder")
+    return path
+
+
+def _not_a_checkpoint(folder: Path) -> str:
+    """Why a folder without config.json is no checkpoint, with what it looks like instead."""
+    if (folder / LORA_ADAPTER_CONFIG).is_file():
+        merged = folder / "merged"
+        where = f"load {merged} instead" if merged.is_dir() else "train with output.merge_lora=true, load merged/"
+        return f"{folder} is a LoRA adapter folder ({LORA_ADAPTER_CONFIG}), not a whole model: {where}"
+    checkpoints = sorted(path.name for path in folder.glob("checkpoint-*") if path.is_dir())
+    if checkpoints:
+        return f"{folder} has no config.json: its run wrote no final model; load a checkpoint such as {checkpoints[-1]}"
+    data = sorted(path.name for path in folder.iterdir() if path.suffix.lower() in DATA_SUFFIXES)
+    held = f" (it holds data files such as {', '.join(data[:3])})" if data else ""
+    return f"{folder} has no config.json: it is not a checkpoint folder{held}"
+
+
+def read_checkpoint_config(folder: str | Path) -> dict[str, Any]:
+    """`folder/config.json` as a dict; a missing, damaged or non-object config is a CheckpointError."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(_not_a_checkpoint(folder))
+    config = read_json_file(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not a model config")
+    return config
+
+
+def _foreign_checkpoint(folder: Path, config: dict[str, Any]) -> str:
+    """Why a config of another model type cannot be loaded here, and what to do about it."""
+    model_type = config.get("model_type")
+    if str(model_type).startswith("llava") or "mm_vision_tower" in config:
+        kind = "an original LLaVA" if "mm_vision_tower" in config else "a transformers Llava"
+        return (
+            f"{folder} is {kind} checkpoint (model_type {model_type!r}), not a llavakit one: "
+            f"convert it first with `llavakit import {folder} OUT` and use OUT"
+        )
+    return f"{folder} holds a {model_type!r} model (config.json), not a llavakit checkpoint (model_type 'llavakit')"
+
+
+def _no_weights(folder: Path) -> str:
+    if (folder / STAGE1_WEIGHTS).is_file():
+        return (
+            f"{folder} is a stage-1 run folder: it holds only the trained connector ({STAGE1_WEIGHTS}), "
+            f"not a whole model; use it in a stage-2 recipe as model.connector_weights={folder} "
+            "(llavakit train) and load that run's folder"
+        )
+    names = " or ".join((*WEIGHT_FILES, WEIGHT_INDEXES[0]))
+    return f"{folder} has a llavakit config.json but no model weights ({names})"
+
+
+def check_json_files(folder: Path) -> None:
+    """Every JSON file a loader will read in `folder` parses; a damaged one is named."""
+    for name in JSON_FILES:
+        if (folder / name).is_file():
+            read_json_file(folder / name)
+
+
+def check_checkpoint_folder(path: str | Path, what: str = "checkpoint folder") -> Path:
+    """`path` as a llavakit checkpoint folder whose files are readable, or a CheckpointError saying what it is."""
+    folder = check_folder_exists(path, what)
+    config = read_checkpoint_config(folder)
+    if config.get("model_type") != "llavakit":
+        raise CheckpointError(_foreign_checkpoint(folder, config))
+    check_json_files(folder)
+    if not weight_files(folder):
+        raise CheckpointError(_no_weights(folder))
+    return folder
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def checkpoint_errors(folder: str | Path, part: str) -> Iterator[None]:
+    """A library's error while reading `part` of `folder`, re-raised as a CheckpointError naming both."""
+    try:
+        yield
+    except LlavaKitError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as error:
+        raise CheckpointError(f"{folder}: cannot load the {part}: {error}") from error
+
+
+def check_loading_info(folder: str | Path, info: dict[str, Any], problems: tuple[str, ...] = _LOADING_PROBLEMS) -> None:
+    """Weights that do not fit the config are an error: a missing one would be silently random."""
+    found = {name: sorted(map(str, info.get(name) or ())) for name in problems if info.get(name)}
+    if found:
+        said = "; ".join(
+            f"{name.replace('_', ' ')}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''} ({len(keys)})"
+            for name, keys in found.items()
+        )
+        raise CheckpointError(f"{folder}: the weights do not fit the model config.json describes: {said}")
+
+
+def _load_checked_model(folder: Path, device: torch.device, dtype: torch.dtype | None) -> LlavaKitForCausalLM:
+    with checkpoint_errors(folder, "model"):
+        model, info = LlavaKitForCausalLM.from_pretrained(
+            folder, dtype=dtype, local_files_only=True, output_loading_info=True
+        )
+    check_loading_info(folder, info)
+    return model.to(device).eval()
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> LlavaKitForCausalLM:
+    """A llavakit checkpoint's model on `device`, in eval mode; device and folder are checked first."""
+    device = check_device(device)
+    return _load_checked_model(check_checkpoint_folder(path), device, dtype)
+
+
+def load_checkpoint(
+    path: str | Path, processor_class: type, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[LlavaKitForCausalLM, Any]:
+    """A llavakit checkpoint's model and processor, device and folder checked before either loads.
+
+    `processor_class`: `LlavaKitProcessor` (passed in because this package sits below `processing`).
+    """
+    device = check_device(device)
+    folder = check_checkpoint_folder(path)
+    with checkpoint_errors(folder, "processor"):
+        processor = processor_class.from_pretrained(folder)
+    return _load_checked_model(folder, device, dtype), processor
