@@ -92,26 +92,41 @@ def read_json_file(path: str | Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{path} is not valid JSON ({error}): the file is damaged") from error
+        raise CheckpointError(f"{path} is truncated or damaged: not valid JSON ({error})") from error
 
 
 def check_safetensors_file(path: Path) -> None:
-    """Read the header: a truncated or foreign file fails here, named, not deep inside a loader."""
+    """Read the header, which must cover the file: a truncated or foreign file fails here, named."""
     try:
         with safe_open(path, framework="pt"):
             pass
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({error}): it is truncated or damaged; copy or save it again"
+            f"{path} is truncated or damaged ({path.name} is not a readable safetensors file: {error}); "
+            "copy or save it again"
         ) from error
 
 
-def check_torch_file(path: Path) -> None:
-    """A zip-format PyTorch file must end in its zip directory; a truncated one does not."""
+def check_torch_file(path: Path, checksums: bool = False) -> None:
+    """A PyTorch file that is not cut short; with `checksums`, a `torch.save` zip whose parts all match.
+
+    Without `checksums` a legacy (non-zip) `.bin` passes and a zip file needs only its directory
+    (cheap, for model weights read next anyway); with them every part is read and checked against
+    its CRC, which catches changed bytes `torch.load` would load as wrong numbers (for resumes).
+    """
     with open(path, "rb") as handle:
         is_zip = handle.read(4) == b"PK\x03\x04"
-    if path.stat().st_size == 0 or (is_zip and not zipfile.is_zipfile(path)):
-        raise CheckpointError(f"{path} is not a readable PyTorch weights file: it is truncated or damaged")
+    if path.stat().st_size == 0 or ((is_zip or checksums) and not zipfile.is_zipfile(path)):
+        raise CheckpointError(f"{path} is truncated or damaged: not a complete PyTorch file")
+    if not checksums:
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_part = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise CheckpointError(f"{path} is truncated or damaged: not a complete PyTorch file ({error})") from None
+    if bad_part is not None:
+        raise CheckpointError(f"{path} is damaged: its part {bad_part} fails its checksum")
 
 
 def _indexed_files(index: Path) -> list[Path]:

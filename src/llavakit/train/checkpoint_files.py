@@ -2,8 +2,9 @@
 
 llavakit never leaves a half-written `checkpoint-N` (each is renamed into place complete), but
 disks fill, copies are cut short and files get edited by hand. Before a resume (and before a run
-loads `model.connector_weights`) every file it will read is checked by kind; `model.checkpoint`
-is checked as every command checks a model folder (`llavakit.model.checkpoint`):
+loads `model.connector_weights`) every file it will read is checked by kind, with the checks
+of `llavakit.model.checkpoint` (torch archives with their checksums); `model.checkpoint` is
+checked as every command checks a model folder:
 
 * `.safetensors`: the header parses and covers the file exactly (a truncated file fails);
 * `.pt` / `.pth` / `.bin` in a checkpoint (`torch.save`'s zip archives): the archive's directory
@@ -17,56 +18,28 @@ every torch archive once costs about a second per GB, small next to the run it r
 
 from __future__ import annotations
 
-import json
-import zipfile
 from pathlib import Path
-from typing import Any
-
-from safetensors import SafetensorError, safe_open
 
 from llavakit.errors import CheckpointError
-from llavakit.model.checkpoint import check_checkpoint_folder
+from llavakit.model.checkpoint import (
+    check_checkpoint_folder,
+    check_safetensors_file,
+    check_torch_file,
+    read_json_file,
+)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
-def verify_safetensors(path: Path) -> None:
-    """The header of `path` parses and its tensors cover the file exactly."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            handle.keys()
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{path} is truncated or damaged: not a readable safetensors file ({error})") from None
-
-
-def verify_torch_archive(path: Path) -> None:
-    """`path` is a complete `torch.save` zip archive whose members all match their checksums."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad_member = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise CheckpointError(f"{path} is truncated or damaged: not a complete torch file ({error})") from None
-    if bad_member is not None:
-        raise CheckpointError(f"{path} is damaged: its part {bad_member} fails its checksum")
-
-
-def verify_json(path: Path) -> Any:
-    """The parsed content of the JSON file `path`."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is truncated or damaged: not valid JSON ({error})") from None
-
-
 def verify_file(path: Path) -> None:
     """Check `path` by its kind (see the module docstring); files of other kinds pass."""
     if path.suffix == ".safetensors":
-        verify_safetensors(path)
+        check_safetensors_file(path)
     elif path.suffix in TORCH_SUFFIXES:
-        verify_torch_archive(path)
+        check_torch_file(path, checksums=True)
     elif path.suffix == ".json":
-        verify_json(path)
+        read_json_file(path)
 
 
 def verify_resume_checkpoint(folder: Path) -> None:
@@ -78,7 +51,7 @@ def verify_resume_checkpoint(folder: Path) -> None:
         raise CheckpointError(f"checkpoint {folder} is incomplete: {TRAINER_STATE_NAME} is missing")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         verify_file(path)
-    state = verify_json(state_file)
+    state = read_json_file(state_file)
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
         raise CheckpointError(f"{state_file} is damaged: it does not say the step the run reached (global_step)")
 
@@ -94,9 +67,6 @@ def verify_model_folder(folder: str | Path, key: str = "model.checkpoint") -> Pa
 __all__ = [
     "TRAINER_STATE_NAME",
     "verify_file",
-    "verify_json",
     "verify_model_folder",
     "verify_resume_checkpoint",
-    "verify_safetensors",
-    "verify_torch_archive",
 ]

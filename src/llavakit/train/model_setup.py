@@ -40,10 +40,11 @@ from llavakit.model.build import (
     compose_model,
     load_vision_encoder,
 )
+from llavakit.model.checkpoint import check_safetensors_file
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.processing.tokenizer import prepare_tokenizer
-from llavakit.train.checkpoint_files import verify_model_folder, verify_safetensors
+from llavakit.train.checkpoint_files import verify_model_folder
 from llavakit.train.config import StageConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def check_trainable_weights(path: str | Path, key: str = "model.connector_weight
     path = trainable_weights_file(path, key)
     if path.suffix == ".safetensors":
         try:
-            verify_safetensors(path)
+            check_safetensors_file(path)
         except CheckpointError as error:
             raise CheckpointError(f"{key}: {error}") from None
     return path
