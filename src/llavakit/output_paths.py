@@ -55,20 +55,24 @@ def check_writable_file(path: str | Path, what: str = "output file") -> Path:
     return path
 
 
-def check_clear_of_inputs(output: str | Path, inputs: Iterable[str | Path], what: str = "input") -> Path:
+# An input of a command, named for messages: ("the source", path), ("this run's input data.datasets.0.path", path).
+NamedInput = tuple[str, str | Path]
+
+
+def check_clear_of_inputs(output: str | Path, inputs: Iterable[NamedInput], what: str = "output folder") -> Path:
     """`output` (checked) neither is nor holds any of `inputs`: emptying it with --overwrite would delete them."""
-    output = check_writable_dir(output)
+    output = check_writable_dir(output, what)
     resolved = output.resolve()
-    for path in inputs:
+    for name, path in inputs:
         held = Path(path).resolve()
         if resolved == held or resolved in held.parents:
-            raise OutputPathError(f"output folder {output} holds the {what} {path}; --overwrite would delete it")
+            raise OutputPathError(f"{what} {output} holds {name} {path}; --overwrite would delete it")
     return output
 
 
-def check_output_dir(output: str | Path, overwrite: bool, inputs: Iterable[str | Path], what: str = "input") -> Path:
+def check_output_dir(output: str | Path, overwrite: bool, inputs: Iterable[NamedInput]) -> Path:
     """Before any work: a file in the way, earlier work without `overwrite`, or an input inside the folder."""
-    output = check_clear_of_inputs(output, inputs, what)
+    output = check_clear_of_inputs(output, inputs)
     if not overwrite and output.is_dir() and any(output.iterdir()):
         prepare_output_dir(output, overwrite=False)  # raises OutputExistsError, naming the folder
     return output

@@ -382,7 +382,8 @@ def evaluate_main(
     from llavakit.processing.processor import LlavaKitProcessor
 
     if output is not None:
-        check_output_dir(output, overwrite, [model_path, *data, *([image_folder] if image_folder else [])])
+        inputs = [model_path, *data, *([image_folder] if image_folder else [])]
+        check_output_dir(output, overwrite, [("the input", path) for path in inputs])
     check_settings(batch_size, max_new_tokens, on_bad_image)
     if task is not None:
         get_task(task)

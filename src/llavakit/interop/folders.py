@@ -143,7 +143,7 @@ def import_checkpoint(
     A non-empty `output` is refused unless `overwrite` (then emptied before writing).
     """
     source = check_folder_exists(source, "source folder")
-    output = check_output_dir(output, overwrite, [source], "source")
+    output = check_output_dir(output, overwrite, [("the source", source)])
     model_type = _check_source(source)
     with checkpoint_errors(source, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(source)
@@ -201,7 +201,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, overwrite: boo
     is refused unless `overwrite` (then emptied before writing).
     """
     checkpoint = check_folder_exists(checkpoint)
-    output = check_output_dir(output, overwrite, [checkpoint], "source")
+    output = check_output_dir(output, overwrite, [("the source", checkpoint)])
     model, processor = load_checkpoint(checkpoint, LlavaKitProcessor)
     if model.config.image_mode != "fixed":
         exported = export_to_transformers_llava_next(model)  # raises for settings transformers cannot represent

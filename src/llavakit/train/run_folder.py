@@ -28,7 +28,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from llavakit.errors import CheckpointError, ConfigError, DataError, OutputExistsError, OutputPathError
-from llavakit.output_paths import check_writable_dir, prepare_output_dir
+from llavakit.output_paths import check_clear_of_inputs, check_writable_dir, prepare_output_dir
 from llavakit.train.checkpoint_files import verify_model_folder, verify_resume_checkpoint
 from llavakit.train.config import CONFIG_NAME, TrainConfig
 from llavakit.train.model_setup import check_trainable_weights
@@ -75,15 +75,6 @@ def _local_inputs(config: TrainConfig) -> Iterator[tuple[str, Path]]:
             yield f"distributed.{key}", Path(value)
 
 
-def _input_inside(config: TrainConfig, folder: Path) -> str | None:
-    """The first input that lies in `folder` (which overwriting would delete), as `key (path)`."""
-    root = folder.resolve()
-    for key, path in _local_inputs(config):
-        if path.exists() and path.resolve().is_relative_to(root):
-            return f"{key} ({path})"
-    return None
-
-
 def _continues_its_own_run(config: TrainConfig, folder: Path) -> bool:
     """Whether the run resumes a checkpoint of `folder` itself (`output.resume=true`, or a path in it)."""
     resume = config.output.resume
@@ -122,13 +113,8 @@ def check_output_dir(config: TrainConfig, main_process: bool = True) -> Path:
             f"output.dir {folder} holds files that are not a llavakit run ({_entries(folder)}); --overwrite "
             "replaces only an earlier run's folder: choose an empty or new output.dir"
         )
-    inside = _input_inside(config, folder)
-    if inside is not None:
-        raise OutputPathError(
-            f"output.dir {folder} holds this run's input {inside}, which --overwrite would delete; "
-            "choose another output.dir"
-        )
-    return folder
+    inputs = ((f"this run's input {key}", path) for key, path in _local_inputs(config) if path.exists())
+    return check_clear_of_inputs(folder, inputs, "output.dir")
 
 
 def find_resume_checkpoint(config: TrainConfig) -> Path | None:
