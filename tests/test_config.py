@@ -261,7 +261,10 @@ def test_an_unknown_key_in_an_included_spec_names_the_spec_file_and_key(tmp_path
 
 def test_overrides_reach_the_keys_of_an_included_spec(tmp_path):
     recipe = _recipe(tmp_path, f"  spec: {HD_SPEC}\n")
-    config = load_config(recipe, ["model.image_mode=anyres", "model.language.hidden_size=64", "model.video_token=null"])
+    switch = ["model.image_mode=anyres", "model.language.hidden_size=64", "model.video_token=null"]
+    with pytest.raises(ValueError, match=r"model.hd_max_cells=6 .* does not apply to model.image_mode='anyres'"):
+        load_config(recipe, switch)  # the HD spec's own HD-only key must go with its mode
+    config = load_config(recipe, [*switch, "model.hd_max_cells=null"])
     spec = load_model_spec(HD_SPEC)
     assert config.model.image_mode == "anyres"
     assert config.model.language == {**spec.language, "hidden_size": 64}
@@ -271,11 +274,12 @@ def test_overrides_reach_the_keys_of_an_included_spec(tmp_path):
 
 # ---- the shipped recipes -------------------------------------------------------------------------
 
-RECIPES = sorted(p for folder in ("llava", "llava-1.5", "tiny") for p in (CONFIGS / folder).glob("*.yaml"))
+RECIPE_FOLDERS = ("llava", "llava-1.5", "llava-1.5-hd", "llava-next", "llava-onevision", "tiny")
+RECIPES = sorted(p for folder in RECIPE_FOLDERS for p in (CONFIGS / folder).glob("*.yaml"))
 
 
 def test_every_recipe_loads_and_resolves():
-    assert len(RECIPES) >= 9
+    assert len(RECIPES) >= 29
     for path in RECIPES:
         config = resolve_config(load_config(path))
         assert config.data.datasets, path
@@ -360,7 +364,7 @@ def test_paper_recipes_hold_the_papers_settings(name):
     connector, vision, language, template, image_mode, lr, batch, epochs, data_file = PAPER[name]
     config = resolve_config(load_config(CONFIGS / name))
     assert (config.model.connector, config.model.vision, config.model.language) == (connector, vision, language)
-    assert (config.data.template, config.data.image_mode) == (template, image_mode)
+    assert (config.data.template, config.data.image_aspect) == (template, image_mode)
     assert (config.optimization.lr, config.optimization.global_batch_size, config.optimization.epochs) == (
         lr,
         batch,

@@ -9,31 +9,61 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from llavakit.errors import LlavaKitError
 
 
-def _chat(args: argparse.Namespace) -> int:
+def _load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`--device`, `--dtype`, `--device-map`, `--load-in-4bit/8bit` as `load_checkpoint`'s keyword arguments."""
+    quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
+    return dict(device=args.device, dtype=args.dtype, device_map=args.device_map, quantization=quantization)
+
+
+def _chat_media(args: argparse.Namespace) -> tuple[list[Path], Path | None]:
+    """The images and video to ask about, checked before the model loads.
+
+    Without --image and --video: the bundled picture for the tiny random model, nothing (text
+    only) for a --model checkpoint.
+    """
     from llavakit.processing.images import load_image
-    from llavakit.serve.chat import ChatSession, bundled_image_path, load_chat_model
+    from llavakit.serve.chat import bundled_image_path, check_video_model
+
+    images = [Path(image) for image in args.image or []]
+    video = Path(args.video) if args.video else None
+    if args.model is None and not images and video is None:
+        images = [bundled_image_path()]
+    for image in images:
+        load_image(image)  # a missing or broken image fails before the model loads
+    if video is not None:
+        if not video.exists():
+            raise FileNotFoundError(f"--video {video} does not exist (give a video file or a folder of frames)")
+        check_video_model(args.model)
+    return images, video
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from llavakit.serve.chat import ChatSession, load_chat_model
 
     if args.max_new_tokens < 1 or args.temperature < 0:
         raise ValueError(
             f"--max-new-tokens must be at least 1 and --temperature at least 0, "
             f"got {args.max_new_tokens} and {args.temperature}"
         )
-    image = Path(args.image) if args.image else bundled_image_path()
-    load_image(image)  # a missing or broken image fails before the model loads
-    model, processor = load_chat_model(args.model, device=args.device)
+    images, video = _chat_media(args)
+    model, processor = load_chat_model(args.model, **_load_options(args))
     if args.model is None:
         print("No --model given: using a tiny random model built offline (its answers are noise).", file=sys.stderr)
-    session = ChatSession(model, processor, image, max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    session = ChatSession(
+        model, processor, images, max_new_tokens=args.max_new_tokens, temperature=args.temperature, video=video
+    )
     if args.question:
         for question in args.question:
             print(f"USER: {question}")
             print(f"ASSISTANT: {session.ask(question)}")
         return 0
-    print(f"Chatting about {image}. Empty line or Ctrl-D ends.", file=sys.stderr)
+    about = ", ".join(str(path) for path in [*images, *([video] if video else [])]) or "nothing (text only)"
+    print(f"Chatting about {about}. Empty line or Ctrl-D ends.", file=sys.stderr)
     while True:
         try:
             question = input("USER: ")
@@ -59,9 +89,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from llavakit.interop.folders import import_checkpoint
 
-    import_checkpoint(
-        args.source, args.output, template=args.template, vision_tower=args.vision_tower, overwrite=args.overwrite
+    result = import_checkpoint(
+        args.source,
+        args.output,
+        template=args.template,
+        vision_tower=args.vision_tower,
+        overwrite=args.overwrite,
+        base=args.base,
     )
+    print(f"imported {result.source_layout}")
+    print(result.template_line())
     print(f"wrote llavakit checkpoint to {args.output}")
     return 0
 
@@ -87,10 +124,10 @@ def _eval(args: argparse.Namespace) -> int:
         output=args.output,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
-        device=args.device,
         task=args.task,
         on_bad_image="skip" if args.skip_bad_images else "error",
         overwrite=args.overwrite,
+        **_load_options(args),
     )
 
 
@@ -195,15 +232,54 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.config, overrides)
 
 
+def _add_loading_options(parser: argparse.ArgumentParser) -> None:
+    """How a checkpoint loads: the same options for chat and eval, passed to `load_checkpoint`."""
+    loading = parser.add_argument_group("loading the model")
+    loading.add_argument(
+        "--device", help="cpu, cuda, cuda:1, mps, ... (default: cpu; checked before loading; not with --device-map)"
+    )
+    loading.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="weights and compute dtype; auto: the checkpoint's own (default: float32 when the model runs on the "
+        "CPU, where half precision is slow and float16 slowest; auto when it runs on a GPU)",
+    )
+    loading.add_argument(
+        "--device-map",
+        choices=("auto", "balanced", "balanced_low_0", "sequential"),
+        help="spread the model over all GPUs, then the CPU (accelerate's big-model placement); replaces --device",
+    )
+    quantize = loading.add_mutually_exclusive_group()
+    quantize.add_argument(
+        "--load-in-4bit",
+        action="store_true",
+        help="quantize the language model to 4-bit NF4 (bitsandbytes, CUDA only); vision tower and connector stay",
+    )
+    quantize.add_argument(
+        "--load-in-8bit", action="store_true", help="quantize the language model to 8-bit (bitsandbytes, CUDA only)"
+    )
+
+
 def _add_chat(commands: argparse._SubParsersAction) -> None:
-    """`llavakit chat`: ask a model about an image."""
-    chat = commands.add_parser("chat", help="ask a model about an image")
+    """`llavakit chat`: ask a model about images, a video, or nothing."""
+    chat = commands.add_parser(
+        "chat",
+        help="ask a model about images, a video, or nothing (text only)",
+        description="Without --image and --video, a --model checkpoint chats text only; the tiny random model "
+        "(no --model) looks at a bundled picture. Several --image make one multi-image question (one <image> "
+        "per image, in order, in the first turn).",
+    )
     chat.add_argument("--model", help="local llavakit checkpoint folder (default: a tiny random model)")
-    chat.add_argument("--image", help="image file (default: a bundled picture)")
+    chat.add_argument(
+        "--image",
+        action="append",
+        help="image file; repeat for a multi-image question (default: none with --model, else a bundled picture)",
+    )
+    chat.add_argument("--video", help="video file or folder of frames (needs a model with a video token)")
     chat.add_argument("--question", "-q", action="append", help="ask and exit; repeat for several turns")
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    chat.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (checked before loading)")
+    _add_loading_options(chat)
     chat.set_defaults(run=_chat)
 
 
@@ -224,16 +300,24 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_import(commands: argparse._SubParsersAction) -> None:
-    """`llavakit import`: a transformers or original LLaVA folder -> a llavakit checkpoint."""
+    """`llavakit import`: a transformers or original LLaVA / LLaVA-NeXT folder -> a llavakit checkpoint."""
     importer = commands.add_parser(
-        "import", help="transformers Llava / LlavaNext / LlavaOnevision or original LLaVA folder -> llavakit checkpoint"
+        "import",
+        help="transformers Llava / LlavaNext / LlavaOnevision, original LLaVA / LLaVA-NeXT / OneVision folder, "
+        "or an original LoRA output folder -> llavakit checkpoint",
     )
     importer.add_argument("source", help="local folder (download a hub model first: hf download NAME --local-dir DIR)")
     importer.add_argument("output", help="new or empty folder for the llavakit checkpoint")
     importer.add_argument("--overwrite", action="store_true", help="empty a non-empty output folder and write there")
     importer.add_argument("--template", help="conversation template (default: chosen from the language model)")
     importer.add_argument(
-        "--vision-tower", help="original LLaVA: local folder of the vision tower named in mm_vision_tower"
+        "--vision-tower",
+        help="original LLaVA / LLaVA-NeXT / OneVision: local folder of the vision tower named in mm_vision_tower",
+    )
+    importer.add_argument(
+        "--base",
+        help="original LoRA output (adapter_config.json + non_lora_trainables.bin): local folder of the base "
+        "language model (default: adapter_config.json's base_model_name_or_path)",
     )
     importer.set_defaults(run=_import)
 
@@ -267,13 +351,13 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     )
     evaluation.add_argument("--batch-size", type=int, default=8)
     evaluation.add_argument("--max-new-tokens", type=int, default=128)
-    evaluation.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps, ... (checked before loading)")
     evaluation.add_argument("--task", help="scoring for every file: vqa, exact, counting, pope (default: by file name)")
     evaluation.add_argument(
         "--skip-bad-images",
         action="store_true",
         help="leave out questions whose image is missing or broken (counted and reported) instead of stopping",
     )
+    _add_loading_options(evaluation)
     evaluation.set_defaults(run=_eval)
 
 

@@ -86,7 +86,7 @@ def _data_section(
     return DataConfig(
         datasets=[DatasetConfig(path=str(path), image_folder=str(world.root), fraction=fraction, name=path.stem)],
         template=template,
-        image_mode="pad",
+        image_aspect="pad",
         max_length=settings.max_length,
         packing=True,
         group_by_modality=True,

@@ -122,7 +122,11 @@ def generate_answers(
     for key, value in encoded.items():  # pixel_values, and any layout tensors the processor adds
         if key not in ("input_ids", "attention_mask"):
             inputs[key] = torch.as_tensor(np.asarray(value))
-    inputs = {key: value.to(model.device) for key, value in inputs.items()}
+    # floats (the pixels) in the model's dtype, so a bfloat16 or float16 model gets matching inputs
+    inputs = {
+        key: value.to(model.device, model.dtype) if value.is_floating_point() else value.to(model.device)
+        for key, value in inputs.items()
+    }
     output = model.generate(
         **inputs,
         do_sample=False,
@@ -363,22 +367,26 @@ def evaluate_main(
     output: str | None = None,
     batch_size: int = 8,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    device: str = "cpu",
+    device: str | None = None,
     *,
     task: str | None = None,
     on_bad_image: str = "error",
     overwrite: bool = False,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    quantization: str | None = None,
 ) -> int:
     """`llavakit eval`: load a llavakit checkpoint, evaluate the files, print the table; returns 0.
 
     Everything that can be checked is checked before the model loads: the output folder
-    (see the module docstring), the task, every question file, the device and the checkpoint
-    folder. Bad input raises a `LlavaKitError` / ValueError / FileNotFoundError naming it,
-    which the command reports in one line.
+    (see the module docstring), the task, every question file, the placement (device, device
+    map, quantization) and the checkpoint folder. Bad input raises a `LlavaKitError` /
+    ValueError / FileNotFoundError naming it, which the command reports in one line. The model
+    loads as chat loads it (`load_checkpoint`; `dtype` None: `inference_dtype`'s choice).
     """
     from rich.console import Console
 
-    from llavakit.model.checkpoint import check_device, load_checkpoint
+    from llavakit.model.checkpoint import check_placement, inference_dtype, load_checkpoint
     from llavakit.processing.processor import LlavaKitProcessor
 
     if output is not None:
@@ -388,8 +396,15 @@ def evaluate_main(
     if task is not None:
         get_task(task)
     sets = _load_sets(data, task)
-    check_device(device)
-    model, processor = load_checkpoint(model_path, LlavaKitProcessor, device=device)
+    check_placement(device, device_map, quantization)
+    model, processor = load_checkpoint(
+        model_path,
+        LlavaKitProcessor,
+        device,
+        inference_dtype(dtype, device, device_map, quantization),
+        device_map=device_map,
+        quantization=quantization,
+    )
     results = _evaluate_sets(model, processor, sets, image_folder, batch_size, max_new_tokens, on_bad_image, True)
     if output is not None:
         write_results(prepare_output_dir(output, overwrite), results)

@@ -1,8 +1,11 @@
 """Checkpoint folders in and out: weights (transformers_llava.py, transformers_next.py,
-original_llava.py) plus the tokenizer and processor files (processor_export.py).
+original_llava.py, original_next.py, original_lora.py) plus the tokenizer and processor files
+(processor_export.py).
 
-`import_checkpoint` reads a transformers Llava, LlavaNext or LlavaOnevision folder, or an
-original LLaVA folder, and writes a llavakit checkpoint (model + `LlavaKitProcessor`).
+`import_checkpoint` reads a transformers Llava, LlavaNext or LlavaOnevision folder, an
+original LLaVA / LLaVA-NeXT / OneVision folder, or an original trainer's LoRA output (merged
+with its base language model), and writes a llavakit checkpoint (model + `LlavaKitProcessor`).
+It says which conversation template it chose and why (`ImportResult.template_line()`).
 `export_checkpoint` writes a folder that transformers loads with no llavakit installed, which
 is what vLLM, SGLang and TGI serve: `LlavaForConditionalGeneration` + `LlavaProcessor` for a
 fixed-resolution model, `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` for `anyres`
@@ -20,6 +23,8 @@ holds the source is refused, since emptying it would delete the source.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
@@ -30,11 +35,18 @@ from llavakit.interop.original_llava import (
     is_original_llava_checkpoint,
     read_original_llava_config,
 )
+from llavakit.interop.original_lora import (
+    check_lora_folder,
+    is_original_lora_folder,
+    lora_base_folder,
+    merged_lora_weights,
+)
 from llavakit.interop.processor_export import (
     save_onevision_processor,
     transformers_llava_next_processor,
     transformers_llava_processor,
 )
+from llavakit.interop.template_choice import TemplateChoice, default_template
 from llavakit.interop.transformers_llava import export_to_transformers, import_transformers_llava
 from llavakit.interop.transformers_next import (
     NEXT_MODEL_TYPES,
@@ -56,20 +68,41 @@ from llavakit.output_paths import check_output_dir, prepare_output_dir
 from llavakit.processing.images import RESAMPLE_FILTERS, ImageProcessingConfig
 from llavakit.processing.processor import LlavaKitProcessor
 
+logger = logging.getLogger(__name__)
+
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+# What `_check_source` found the source to be.
+_ORIGINAL_LORA = "original LoRA output"
 
 
-def default_template(text_model_type: str, tokenizer: PreTrainedTokenizerBase) -> str:
-    """The conversation template a language model family was tuned with (override with --template)."""
-    if text_model_type.startswith("qwen"):
-        return "chatml"
-    if tokenizer.eos_token == "<|eot_id|>":
-        return "llama3"
-    return "vicuna_v1"
+@dataclass(frozen=True)
+class ImportResult:
+    """What `import_checkpoint` wrote: the model and processor, the template chosen and why, the source's layout."""
+
+    model: LlavaKitForCausalLM
+    processor: LlavaKitProcessor
+    template: TemplateChoice
+    source_layout: str
+
+    def template_line(self) -> str:
+        """`template: qwen_1_5 (from the Qwen2 language model; pass --template to choose another)`."""
+        if self.template.given:
+            return f"template: {self.template.name} ({self.template.reason})"
+        return f"template: {self.template.name} ({self.template.reason}; pass --template to choose another)"
 
 
-def _check_source(source: Path) -> str:
-    """The source folder's model_type, after its config, weights and tokenizer files are checked."""
+def _template_choice(
+    template: str | None, text_model_type: str, tokenizer: PreTrainedTokenizerBase, original: bool = False
+) -> TemplateChoice:
+    """The caller's template, else the one the language model family was tuned with."""
+    if template is not None:
+        return TemplateChoice(template, "as given", given=True)
+    return default_template(text_model_type, tokenizer, original=original)
+
+
+def _source_kind(source: Path) -> str:
+    """The source's model_type, or `_ORIGINAL_LORA`; a llavakit or foreign folder is refused."""
     config = read_checkpoint_config(source)
     model_type = str(config.get("model_type", ""))
     if model_type == "llavakit":
@@ -81,15 +114,47 @@ def _check_source(source: Path) -> str:
             f"{source}: model_type {model_type!r} is neither transformers 'llava', 'llava_next', 'llava_onevision' "
             "nor an original LLaVA checkpoint"
         )
+    return _ORIGINAL_LORA if is_original_lora_folder(source) else model_type
+
+
+def _check_source(source: Path) -> str:
+    """The source folder's kind (`_source_kind`), after its config and weight files are checked."""
+    kind = _source_kind(source)
     check_json_files(source)
-    if not weight_files(source):
+    if kind == _ORIGINAL_LORA:
+        check_lora_folder(source)
+    elif not weight_files(source):
         raise CheckpointError(f"{source} has no model weights (model.safetensors, pytorch_model.bin or an index)")
-    if not any((source / name).is_file() for name in TOKENIZER_FILES):
+    return kind
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _tokenizer_folder(source: Path, base: Path | None) -> Path:
+    """Where the tokenizer is: the source, else its base (the original trainer saves a LoRA output without one)."""
+    if _has_tokenizer(source):
+        return source
+    if base is not None and _has_tokenizer(base):
+        return base
+    where = f"{source} (nor its base {base})" if base is not None else f"{source}"
+    raise CheckpointError(
+        f"{where} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
+        "copy its language model's tokenizer into the folder"
+    )
+
+
+def _base_folder(source: Path, kind: str, base: str | Path | None) -> Path | None:
+    """The base language model of a LoRA output; `base` for any other source is a mistake, named."""
+    if kind == _ORIGINAL_LORA:
+        return lora_base_folder(source, base)
+    if base is not None:
         raise CheckpointError(
-            f"{source} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): "
-            "copy its language model's tokenizer into the folder"
+            f"--base {base} is for LoRA output folders (adapter_config.json + non_lora_trainables.bin); "
+            f"{source} holds a whole model"
         )
-    return model_type
+    return None
 
 
 def _image_config_from_transformers(folder: Path, image_processor=None) -> ImageProcessingConfig:
@@ -112,7 +177,9 @@ def _resample_name(image_processor) -> str:
     return names[int(resample)]
 
 
-def _import_next(source: Path, tokenizer: PreTrainedTokenizerBase, template: str | None):
+def _import_next(
+    source: Path, tokenizer: PreTrainedTokenizerBase, template: str | None
+) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor, TemplateChoice]:
     """A LlavaNext / LlavaOnevision folder: the model, and a processor matching its image processor."""
     model = import_transformers_llava_next(source)
     image_processor = AutoImageProcessor.from_pretrained(source)
@@ -126,9 +193,48 @@ def _import_next(source: Path, tokenizer: PreTrainedTokenizerBase, template: str
             f"{source}: the image processor's image_grid_pinpoints {pinpoints} differ from the model config's "
             f"{model.config.grid_pinpoints}; the crops would not match the model's merge"
         )
-    template = template or default_template(model.config.text_config.model_type, tokenizer)
-    processor = LlavaKitProcessor.from_model_config(tokenizer, model.config, template, image_config=image_config)
-    return model, processor
+    choice = _template_choice(template, model.config.text_config.model_type, tokenizer)
+    processor = LlavaKitProcessor.from_model_config(tokenizer, model.config, choice.name, image_config=image_config)
+    return model, processor, choice
+
+
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
+    """`token`'s id, added to the tokenizer as a special token when it has none (original LLaVA splices at -200)."""
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+def _original_layout_name(source: Path, base: Path | None) -> str:
+    layout = read_original_llava_config(source).layout
+    name = "original LLaVA" if not layout.is_grid else f"original LLaVA-NeXT / OneVision ({layout.image_mode})"
+    return f"{name} LoRA output merged into {base}" if base is not None else name
+
+
+def _import_original(
+    source: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | None,
+    vision_tower: str | None,
+    base: Path | None,
+) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor, TemplateChoice]:
+    """An original LLaVA / LLaVA-NeXT / OneVision folder, or a LoRA output merged into `base`."""
+    original = read_original_llava_config(source)
+    image_token_id = _token_id(tokenizer, IMAGE_TOKEN)
+    video_token_id = _token_id(tokenizer, VIDEO_TOKEN) if original.layout.video is not None else None
+    weights = merged_lora_weights(source, base, original.text_config) if base is not None else None
+    model = import_original_llava(
+        source,
+        image_token_id=image_token_id,
+        vision_tower_path=vision_tower,
+        video_token_id=video_token_id,
+        state_dict=weights,
+    )
+    choice = _template_choice(template, model.config.text_config.model_type, tokenizer, original=True)
+    processor = LlavaKitProcessor.from_model_config(
+        tokenizer, model.config, choice.name, image_mode=original.layout.processor_mode
+    )
+    return model, processor, choice
 
 
 def import_checkpoint(
@@ -137,45 +243,68 @@ def import_checkpoint(
     template: str | None = None,
     vision_tower: str | None = None,
     overwrite: bool = False,
-) -> LlavaKitForCausalLM:
-    """Convert `source` (transformers `llava` or original `llava_*` folder) into a llavakit checkpoint at `output`.
+    base: str | Path | None = None,
+) -> ImportResult:
+    """Convert `source` into a llavakit checkpoint at `output`; returns what was written and the template chosen.
 
-    A non-empty `output` is refused unless `overwrite` (then emptied before writing).
+    `source`: a transformers Llava / LlavaNext / LlavaOnevision folder, an original LLaVA /
+    LLaVA-NeXT / OneVision folder, or an original trainer's LoRA output, merged into `base`
+    (default: its adapter_config.json's base_model_name_or_path). `vision_tower`: a local
+    folder for the tower an original config's `mm_vision_tower` names. A non-empty `output`
+    is refused unless `overwrite` (then emptied before writing).
     """
     source = check_folder_exists(source, "source folder")
     output = check_output_dir(output, overwrite, [("the source", source)])
-    model_type = _check_source(source)
-    with checkpoint_errors(source, "tokenizer"):
-        tokenizer = AutoTokenizer.from_pretrained(source)
+    kind = _check_source(source)
+    base_folder = _base_folder(source, kind, base)
+    tokenizer_folder = _tokenizer_folder(source, base_folder)
+    with checkpoint_errors(tokenizer_folder, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     with checkpoint_errors(source, "model"):
-        model, processor = _import_model(source, model_type, tokenizer, template, vision_tower)
+        model, processor, choice = _import_model(source, kind, tokenizer, template, vision_tower, base_folder)
+        layout = _source_layout(source, kind, base_folder)
+    logger.info("imported %s from %s; %s", layout, source, choice.reason)
     prepare_output_dir(output, overwrite)
     model.save_pretrained(output)
     processor.save_pretrained(output)
-    return model
+    return ImportResult(model=model, processor=processor, template=choice, source_layout=layout)
+
+
+def _source_layout(source: Path, kind: str, base: Path | None) -> str:
+    """The source's layout in words, for the import's report."""
+    if is_original_llava_checkpoint(source):
+        return _original_layout_name(source, base)
+    names = {"llava": "transformers Llava", "llava_next": "transformers LlavaNext"}
+    return names.get(kind, "transformers LlavaOnevision")
 
 
 def _import_model(
-    source: Path, model_type: str, tokenizer: PreTrainedTokenizerBase, template: str | None, vision_tower: str | None
-) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor]:
-    """The converted model and its processor, by the source's layout."""
+    source: Path,
+    kind: str,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str | None,
+    vision_tower: str | None,
+    base: Path | None,
+) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor, TemplateChoice]:
+    """The converted model, its processor and the template chosen, by the source's layout."""
     if is_original_llava_checkpoint(source):
-        if IMAGE_TOKEN not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"extra_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
-        image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        model = import_original_llava(source, image_token_id=image_token_id, vision_tower_path=vision_tower)
-        image_mode = "pad" if read_original_llava_config(source).image_aspect_ratio == "pad" else "square"
-        template = template or default_template(model.config.text_config.model_type, tokenizer)
-        return model, LlavaKitProcessor.from_model_config(tokenizer, model.config, template, image_mode=image_mode)
-    if model_type == "llava":
-        model = import_transformers_llava(source)
-        image_config = _image_config_from_transformers(source)
-        template = template or default_template(model.config.text_config.model_type, tokenizer)
-        processor = LlavaKitProcessor(
-            tokenizer, template, image_config, num_image_tokens=model.config.num_image_tokens, image_token=IMAGE_TOKEN
-        )
-        return model, processor
+        return _import_original(source, tokenizer, template, vision_tower, base)
+    if kind == "llava":
+        return _import_llava(source, tokenizer, template)
     return _import_next(source, tokenizer, template)  # llava_next / llava_onevision, as _check_source found
+
+
+def _import_llava(
+    source: Path, tokenizer: PreTrainedTokenizerBase, template: str | None
+) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor, TemplateChoice]:
+    """A transformers Llava folder: the model, and a processor with its image settings."""
+    model = import_transformers_llava(source)
+    image_config = _image_config_from_transformers(source)
+    choice = _template_choice(template, model.config.text_config.model_type, tokenizer)
+    processor = LlavaKitProcessor(
+        tokenizer, choice.name, image_config, num_image_tokens=model.config.num_image_tokens, image_token=IMAGE_TOKEN
+    )
+    return model, processor, choice
 
 
 def _save_next(exported, model: LlavaKitForCausalLM, processor: LlavaKitProcessor, output: Path) -> None:

@@ -98,9 +98,15 @@ def transformers_next_model_type(config: LlavaKitConfig) -> str:
     if config.connector != _EXPORTABLE_CONNECTOR:
         problems.append(f"connector {config.connector!r} (transformers' projector is linear_1 -> gelu -> linear_2)")
     if not config.newline_in_images:
-        problems.append("images without newline vectors (transformers always appends image_newline)")
+        problems.append(
+            "images without newline vectors (transformers always appends image_newline; "
+            "train with use_image_newline: true)"
+        )
     if not config.base_first:
-        problems.append("base image features after the crops (transformers puts them first)")
+        problems.append(
+            "base image features after the crops, LLaVA-1.5-HD's order (transformers puts them first; the nearest "
+            "exportable model trains with image_base_first: true, model.image_base_first=true in a recipe)"
+        )
     if config.image_mode == "anyres":
         model_type = "llava_next"
         if config.base_only_for_multi_image:

@@ -14,8 +14,9 @@ only); `build_model(spec)` the model.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,24 @@ _PART = "a hub name, a folder or a config mapping with a model_type"
 
 
 @dataclass
+class VideoSpec:
+    """How a video's frames become `<video>` tokens (OneVision: bilinear 2x2 pooling, one newline).
+
+    `pool_mode`: `bilinear`, `average` or `max`; `pool_stride`: the pooling factor per side;
+    `newline`: `grid`, `frame`, `one_token` or `none`. Null takes OneVision's choice; any of them
+    set needs `video_token`.
+    """
+
+    pool_mode: str | None = None
+    pool_stride: int | None = None
+    newline: str | None = None
+
+
+# OneVision's video pooling: what a null `VideoSpec` field means.
+VIDEO_DEFAULTS = {"pool_mode": "bilinear", "pool_stride": 2, "newline": "one_token"}
+
+
+@dataclass
 class ModelSpec:
     """What a LLaVA model is made of (see configs/README.md and `LlavaKitConfig` for every field).
 
@@ -79,7 +98,11 @@ class ModelSpec:
     `tokenizer`: a hub name or folder, `tiny` for the in-process tiny tokenizer, or null for the
     language model's (training only). `image_token_id` / `video_token_id`: ids of `image_token` /
     `video_token`; null takes them from the tokenizer (training), `build_model` needs them given.
-    `video_token`: null for no video input. The grid and video fields are `LlavaKitConfig`'s.
+    `video_token`: null for no video input; `video`: how each frame's feature map is pooled
+    (`VideoSpec`). The grid fields are `LlavaKitConfig`'s; null ones take the mode's defaults, and
+    one set for a mode that does not use it is an error (`mode_problems`).
+    `crop_size`: side of one encoder input when it differs from the tower config's `image_size`;
+    it becomes the tower's `image_size`, so only a tower built from a config can take one.
     `checkpoint`: start from a saved llavakit model folder instead (its processor too; training).
     `connector_weights`: a stage-1 run folder (or its `trainable.safetensors`) loaded after
     building, as LLaVA's `--pretrain_mm_mlp_adapter` (training).
@@ -101,13 +124,12 @@ class ModelSpec:
     image_grid_pinpoints: Any = union_field(
         None, _is_pinpoints, "a list of [height, width] pairs or a string such as '(1x1),...,(6x6)'"
     )
-    hd_max_cells: int = 6
+    hd_max_cells: int | None = None
+    crop_size: int | None = None
     use_image_newline: bool | None = None
     image_base_first: bool | None = None
     multi_image_base_only: bool | None = None
-    video_pool_mode: str = "bilinear"
-    video_pool_stride: int = 2
-    video_newline: str = "one_token"
+    video: VideoSpec = field(default_factory=VideoSpec)
     checkpoint: str | None = None
     connector_weights: str | None = None
     dtype: str | None = None
@@ -147,7 +169,11 @@ def _include_path(value: Any, source: Path) -> Path:
 def load_model_spec(path: str | Path, overrides: list[str] | None = None) -> ModelSpec:
     """A model spec YAML (configs/models/*.yaml) as a `ModelSpec`; unknown keys and bad values raise."""
     path = Path(path)
-    return load_structured(ModelSpec, model_spec_layers(read_yaml(path, "model spec"), path), overrides or [])
+    spec = load_structured(ModelSpec, model_spec_layers(read_yaml(path, "model spec"), path), overrides or [])
+    problems = mode_problems(spec, prefix="")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return spec
 
 
 # ---- configs -----------------------------------------------------------------------------------
@@ -155,7 +181,61 @@ def load_model_spec(path: str | Path, overrides: list[str] | None = None) -> Mod
 
 def model_config(spec: ModelSpec) -> LlavaKitConfig:
     """The `LlavaKitConfig` of `spec`: shapes only, no weights (a named backbone's config.json is read)."""
-    return llava_config(spec, _vision_config(_part_config(spec.vision)), _part_config(spec.language))
+    return llava_config(spec, _vision_config(_part_config(vision_part(spec))), _part_config(spec.language))
+
+
+# Keys of a spec that only some image modes read: key -> (modes that read it, what it is for).
+_MODE_KEYS = {
+    "image_grid_pinpoints": (("hd", "anyres", "anyres_max_N"), "the grid modes' canvases"),
+    "hd_max_cells": (("hd",), "the HD grids' largest cell count"),
+    "image_base_first": (("hd", "anyres", "anyres_max_N"), "where the base image goes among the crops"),
+    "multi_image_base_only": (("hd", "anyres", "anyres_max_N"), "base-resolution images in multi-image samples"),
+}
+
+
+def _mode_family(mode: str) -> str:
+    return "anyres_max_N" if mode.startswith("anyres_max_") else mode
+
+
+def mode_problems(spec: ModelSpec, prefix: str = "model.") -> list[str]:
+    """Keys set that the spec's image mode or its lack of video never reads, each named with the key it clashes with.
+
+    A setting silently ignored is a run that trains something else than its recipe says.
+    """
+    problems = []
+    family = _mode_family(spec.image_mode)
+    for key, (modes, purpose) in _MODE_KEYS.items():
+        value = getattr(spec, key)
+        if value is not None and family not in modes:
+            problems.append(
+                f"{prefix}{key}={value!r} ({purpose}) does not apply to {prefix}image_mode={spec.image_mode!r}; "
+                f"it is read by image_mode {' / '.join(modes)}"
+            )
+    if spec.video_token is None:
+        problems += [
+            f"{prefix}video.{key}={value!r} needs video input, but {prefix}video_token is null"
+            for key, value in vars(spec.video).items()
+            if value is not None
+        ]
+    return problems
+
+
+def vision_part(spec: ModelSpec) -> Part:
+    """The spec's vision backbone with `crop_size` as its `image_size` (a config mapping only)."""
+    part, crop = spec.vision, spec.crop_size
+    if crop is None or part is None:
+        return part
+    if isinstance(part, str):
+        size = int(_vision_config(AutoConfig.from_pretrained(part)).image_size)
+        if size != crop:
+            raise ValueError(
+                f"model.crop_size={crop} differs from the image_size {size} of the pretrained tower {part!r}: "
+                "pretrained position embeddings are not resized; drop crop_size or choose a tower trained at that size"
+            )
+        return part
+    config = copy.deepcopy(_as_config(part))
+    (getattr(config, "vision_config", None) or config).image_size = crop
+    return config
 
 
 def llava_config(spec: ModelSpec, vision: PreTrainedConfig, text: PreTrainedConfig) -> LlavaKitConfig:
@@ -168,15 +248,19 @@ def llava_config(spec: ModelSpec, vision: PreTrainedConfig, text: PreTrainedConf
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         image_mode=spec.image_mode,
         image_grid_pinpoints=spec.image_grid_pinpoints,
-        hd_max_cells=spec.hd_max_cells,
+        hd_max_cells=6 if spec.hd_max_cells is None else spec.hd_max_cells,
         use_image_newline=spec.use_image_newline,
         image_base_first=spec.image_base_first,
         multi_image_base_only=spec.multi_image_base_only,
-        video_pool_mode=spec.video_pool_mode,
-        video_pool_stride=spec.video_pool_stride,
-        video_newline=spec.video_newline,
+        **{f"video_{key}": value for key, value in video_settings(spec.video).items()},
         **_token_ids(spec),
     )
+
+
+def video_settings(video: VideoSpec) -> dict[str, Any]:
+    """`video`'s pooling with OneVision's choice where it is null."""
+    chosen = {key: getattr(video, key) for key in VIDEO_DEFAULTS}
+    return {key: VIDEO_DEFAULTS[key] if value is None else value for key, value in chosen.items()}
 
 
 def _token_ids(spec: ModelSpec) -> dict[str, int | None]:
@@ -254,7 +338,7 @@ def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:
     if spec.vision is None or spec.language is None:
         raise ValueError("the model spec needs both vision and language")
     dtype = getattr(torch, spec.dtype) if spec.dtype else None
-    vision = load_vision_encoder(spec.vision, dtype)
+    vision = load_vision_encoder(vision_part(spec), dtype)
     language = load_language_model(spec.language, dtype)
     if max(ids) >= language.config.vocab_size:
         language.resize_token_embeddings(max(ids) + 1)

@@ -10,12 +10,21 @@ only), a LoRA adapter folder, a transformers or original LLaVA folder (convert i
 safetensors file, a shard missing from its index) are named before transformers reads them,
 and weights that do not fit the config are an error, never a silently random-initialised part.
 
+The same function loads for every command, so chat, eval and serving place and cast a model
+alike: a dtype, one device or accelerate's device map (`device_map="auto"` through
+`from_pretrained`), and bitsandbytes 4-/8-bit quantization of the language model (CUDA only).
+What this machine cannot do (a missing device, quantization without CUDA or bitsandbytes, a
+device together with a device map) is refused in one line before anything loads.
+
     model, processor = load_checkpoint("runs/stage2", LlavaKitProcessor, device="cuda")
+    model, processor = load_checkpoint("runs/stage2", LlavaKitProcessor, dtype="bfloat16", device_map="auto")
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +33,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from transformers import BitsAndBytesConfig
 
-from llavakit.errors import CheckpointError, DeviceError, LlavaKitError
+from llavakit.errors import CheckpointError, ConfigError, DeviceError, LlavaKitError
 from llavakit.model.modeling import LlavaKitForCausalLM
 
 CONFIG_FILE = "config.json"
@@ -49,6 +59,15 @@ JSON_FILES = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 DATA_SUFFIXES = (".json", ".jsonl", ".png", ".jpg", ".jpeg", ".mp4")
 _LOADING_PROBLEMS = ("missing_keys", "mismatched_keys", "unexpected_keys")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+QUANTIZATIONS = ("4bit", "8bit")
+# Left unquantized by `quantization`: the vision tower and connector, as LLaVA's builder keeps them (its
+# vision tower loads on its own, its projector is in llm_int8_skip_modules), and the LM head, which
+# transformers skips by default but not once a skip list is given.
+UNQUANTIZED_MODULES = ("vision_tower", "multi_modal_projector", "language_model.lm_head")
+
+logger = logging.getLogger(__name__)
 
 # ---- devices ------------------------------------------------------------------------------------
 
@@ -241,6 +260,84 @@ def check_checkpoint_folder(path: str | Path, what: str = "checkpoint folder") -
     return folder
 
 
+# ---- load options: dtype, placement, quantization -----------------------------------------------
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+    """A dtype name or torch dtype as a torch dtype; `auto` and None (the checkpoint's own) as they are."""
+    if dtype is None or dtype == "auto":
+        return dtype
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"dtype {str(dtype)!r} is not one of auto, {', '.join(DTYPES)}")
+
+
+def _runs_on_accelerator(
+    device: str | torch.device | None, device_map: str | dict | None, quantization: str | None
+) -> bool:
+    """Whether the model will run on a GPU (or another accelerator) rather than the CPU."""
+    if quantization is not None:
+        return True
+    if device_map is not None:
+        return torch.accelerator.is_available()
+    return device is not None and str(device).split(":")[0] != "cpu"
+
+
+def inference_dtype(
+    dtype: str | torch.dtype | None,
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
+) -> torch.dtype | str:
+    """The dtype chat, eval and serving load a checkpoint in: `dtype` when given; else float32 on the CPU
+    (half-precision matmuls are slow on most CPUs) and the checkpoint's own (`auto`, as transformers
+    loads) on a GPU, with a device map or quantized."""
+    if dtype is not None:
+        return parse_dtype(dtype)
+    return "auto" if _runs_on_accelerator(device, device_map, quantization) else torch.float32
+
+
+def check_quantization(quantization: str | None) -> None:
+    """bitsandbytes needs a CUDA GPU and its package; either missing is one line, before anything loads."""
+    if quantization is None:
+        return
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    flag = f"--load-in-{quantization}"
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"{flag} needs a CUDA GPU (bitsandbytes quantizes on CUDA only) and this machine has none "
+            f"(available: {', '.join(available_devices())}); leave it out, or use --dtype bfloat16 to halve the memory"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{flag} needs bitsandbytes: pip install 'llavakit[qlora]'")
+
+
+def check_placement(
+    device: str | torch.device | None, device_map: str | dict | None, quantization: str | None = None
+) -> torch.device | None:
+    """Where the model will go, checked before anything loads: its device, or None when `device_map` places it.
+
+    A device map places every part itself, so it excludes `device`. Quantized weights go to a CUDA
+    device (default: the current one).
+    """
+    check_quantization(quantization)
+    if device_map is not None:
+        if device is not None:
+            raise ConfigError(
+                f"--device-map {device_map} places the model's parts itself: give it or --device {device}, not both"
+            )
+        if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+            raise ConfigError(f"device map {device_map!r} is not one of {', '.join(DEVICE_MAPS)} (or a dict)")
+        return None
+    placement = check_device(device if device is not None else ("cuda" if quantization else "cpu"))
+    if quantization is not None and placement.type != "cuda":
+        raise DeviceError(f"--load-in-{quantization} needs a CUDA device, not {str(device)!r}")
+    return placement
+
+
 # ---- loading ------------------------------------------------------------------------------------
 
 
@@ -266,32 +363,120 @@ def check_loading_info(folder: str | Path, info: dict[str, Any], problems: tuple
         raise CheckpointError(f"{folder}: the weights do not fit the model config.json describes: {said}")
 
 
-def _load_checked_model(folder: Path, device: torch.device, dtype: torch.dtype | None) -> LlavaKitForCausalLM:
+def _checkpoint_dtype(folder: Path) -> torch.dtype:
+    """The dtype a checkpoint's config.json says its weights are in (float16, as LLaVA's builder, when it says none)."""
+    config = read_checkpoint_config(folder)
+    return DTYPES.get(str(config.get("dtype") or config.get("torch_dtype")), torch.float16)
+
+
+def quantization_config(quantization: str, dtype: torch.dtype) -> BitsAndBytesConfig:
+    """bitsandbytes settings that quantize the language model's layers only, computing in `dtype`.
+
+    4-bit is NF4 with double quantization, as LLaVA's builder loads it; the modules of
+    `UNQUANTIZED_MODULES` keep `dtype`.
+    """
+    skip = list(UNQUANTIZED_MODULES)
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+
+
+def note_slow_dtype(model: torch.nn.Module) -> None:
+    """Say so when a model will run float16 on the CPU, which works but is slow there."""
+    parameter = next(model.parameters(), None)
+    if parameter is not None and parameter.dtype == torch.float16 and parameter.device.type == "cpu":
+        logger.warning(
+            "float16 on the CPU: most CPUs have no fast float16 matrix kernels, so this runs slowly; "
+            "float32 (or bfloat16 on CPUs with bfloat16 support) is faster there"
+        )
+
+
+def _from_pretrained_options(
+    folder: Path,
+    placement: torch.device | None,
+    dtype: torch.dtype | str | None,
+    device_map: str | dict | None,
+    quantization: str | None,
+) -> dict[str, Any]:
+    """`from_pretrained`'s dtype, device_map and quantization_config for these load options."""
+    options: dict[str, Any] = {"dtype": "auto" if dtype is None else dtype}
+    if quantization is not None:
+        compute = options["dtype"] if isinstance(options["dtype"], torch.dtype) else _checkpoint_dtype(folder)
+        options["dtype"] = compute
+        options["quantization_config"] = quantization_config(quantization, compute)
+        if device_map is None:  # one CUDA device, with its index: bitsandbytes places weights as they load
+            index = placement.index if placement.index is not None else torch.cuda.current_device()
+            device_map = {"": f"cuda:{index}"}
+    if device_map is not None:
+        options["device_map"] = device_map
+    return options
+
+
+def _load_checked_model(
+    folder: Path,
+    placement: torch.device | None,
+    dtype: torch.dtype | str | None,
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
+) -> LlavaKitForCausalLM:
+    options = _from_pretrained_options(folder, placement, dtype, device_map, quantization)
     with checkpoint_errors(folder, "model"):
         model, info = LlavaKitForCausalLM.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, output_loading_info=True
+            folder, local_files_only=True, output_loading_info=True, **options
         )
     check_loading_info(folder, info)
-    return model.to(device).eval()
+    if "device_map" not in options:  # otherwise from_pretrained placed every part
+        model = model.to(placement)
+    note_slow_dtype(model)
+    return model.eval()
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
 ) -> LlavaKitForCausalLM:
-    """A llavakit checkpoint's model on `device`, in eval mode; device and folder are checked first."""
-    device = check_device(device)
-    return _load_checked_model(check_checkpoint_folder(path), device, dtype)
+    """A llavakit checkpoint's model, in eval mode; placement, dtype and folder are checked first.
+
+    See `load_checkpoint` for the arguments.
+    """
+    placement = check_placement(device, device_map, quantization)
+    dtype = parse_dtype(dtype)
+    return _load_checked_model(check_checkpoint_folder(path), placement, dtype, device_map, quantization)
 
 
 def load_checkpoint(
-    path: str | Path, processor_class: type, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | Path,
+    processor_class: type,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | dict | None = None,
+    quantization: str | None = None,
 ) -> tuple[LlavaKitForCausalLM, Any]:
-    """A llavakit checkpoint's model and processor, device and folder checked before either loads.
+    """A llavakit checkpoint's model and processor; placement, dtype and folder are checked before either loads.
 
     `processor_class`: `LlavaKitProcessor` (passed in because this package sits below `processing`).
+    `device`: where the whole model goes (default: the CPU, or the current CUDA device when quantizing).
+    `dtype`: `bfloat16`, `float16`, `float32`, a torch dtype, or None / `auto` for the checkpoint's own
+    (what transformers loads; chat, eval and serving pick theirs with `inference_dtype`).
+    `device_map`: `auto` (or another accelerate strategy, or a dict) spreads the parts over the GPUs,
+    then the CPU, through `from_pretrained`; it excludes `device`.
+    `quantization`: `4bit` or `8bit` loads the language model through bitsandbytes (CUDA only);
+    the vision tower, connector and LM head stay unquantized (`UNQUANTIZED_MODULES`).
     """
-    device = check_device(device)
+    placement = check_placement(device, device_map, quantization)
+    dtype = parse_dtype(dtype)
     folder = check_checkpoint_folder(path)
     with checkpoint_errors(folder, "processor"):
         processor = processor_class.from_pretrained(folder)
-    return _load_checked_model(folder, device, dtype), processor
+    return _load_checked_model(folder, placement, dtype, device_map, quantization), processor

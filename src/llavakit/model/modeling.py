@@ -14,7 +14,11 @@ LLaVA-NeXT / OneVision conventions, so the same tensors drive either model:
   or transformers' padded `(images, max crops, 3, S, S)`;
 * `image_sizes`: `(images, 2)` original (height, width), which fix each image's grid;
 * `image_num_crops` (optional): crops per image; 1 marks an image encoded at base
-  resolution only (a OneVision multi-image sample). Default: 1 + the grid's cells.
+  resolution only (a OneVision multi-image sample). Default: 1 + the grid's cells;
+* `batch_num_images` (optional, transformers' OneVision convention): images per sample. The
+  images of a sample with more than one are encoded at base resolution only (their first
+  crop; the rest of a padded row is padding) when `config.multi_image_base_only` says so;
+  the image of a single-image sample keeps its grid. Beside `image_num_crops` it must agree.
 
 Videos (`<video>` tokens, `config.video_token_id`) come as `pixel_values_videos`: frames at
 base resolution, `(videos, frames, 3, S, S)` or flat `(total frames, 3, S, S)` with
@@ -47,6 +51,22 @@ from llavakit.model.vision import VisionTower
 def _is_prefill(cache) -> bool:
     """The step that holds the prompt: no cache, or an empty one. Later steps hold generated ids only."""
     return cache is None or cache.get_seq_length() == 0
+
+
+def _images_per_sample(batch_num_images: Sequence[int] | torch.Tensor, num_images: int) -> list[int]:
+    """`batch_num_images` as ints, checked against the images given.
+
+    A count that does not add up would pair images with the wrong samples (and so the wrong
+    base-only rule) without any later check noticing, so it fails here, naming both numbers.
+    """
+    per_sample = [int(n) for n in torch.as_tensor(batch_num_images).reshape(-1).tolist()]
+    if any(n < 0 for n in per_sample):
+        raise ValueError(f"batch_num_images must not be negative, got {per_sample}")
+    if sum(per_sample) != num_images:
+        raise ValueError(
+            f"batch_num_images {per_sample} counts {sum(per_sample)} image(s), but {num_images} image(s) were given"
+        )
+    return per_sample
 
 
 class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
@@ -131,33 +151,64 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             features = torch.cat((features, newline.expand(features.shape[0], 1, -1)), dim=1)
         return features
 
+    def _base_only_images(self, image_sizes: torch.Tensor, batch_num_images) -> list[bool]:
+        """Per image, whether it is encoded at base resolution only.
+
+        Without `batch_num_images` every image keeps its grid (as transformers does); with it,
+        the images of a multi-image sample are base-only when the config says so (OneVision).
+        """
+        if batch_num_images is None:
+            return [False] * len(image_sizes)
+        per_sample = _images_per_sample(batch_num_images, len(image_sizes))
+        multi_base_only = self.config.base_only_for_multi_image
+        return [multi_base_only and count > 1 for count in per_sample for _ in range(count)]
+
     def _crop_counts(
-        self, image_sizes: torch.Tensor, image_num_crops: Sequence[int] | torch.Tensor | None
+        self,
+        image_sizes: torch.Tensor,
+        image_num_crops: Sequence[int] | torch.Tensor | None,
+        batch_num_images: Sequence[int] | torch.Tensor | None = None,
     ) -> list[int]:
+        """Encoder inputs per image: `image_num_crops` when given, else derived from the grids and `batch_num_images`.
+
+        Both given must agree, so a batch cannot be read one way by the processor and another by the model.
+        """
         if image_num_crops is not None:
             counts = [int(count) for count in image_num_crops]
             if len(counts) != len(image_sizes):
                 raise ValueError(f"image_num_crops has {len(counts)} entries for {len(image_sizes)} image_sizes")
-            return counts
+            if batch_num_images is None:
+                return counts
         pinpoints, crop = self.config.grid_pinpoints, self.config.crop_size
-        return [1 + anyres.num_grid_cells(size, pinpoints, crop) for size in image_sizes.tolist()]
+        expected = [
+            1 if base_only else 1 + anyres.num_grid_cells(size, pinpoints, crop)
+            for size, base_only in zip(image_sizes.tolist(), self._base_only_images(image_sizes, batch_num_images))
+        ]
+        if image_num_crops is not None and counts != expected:
+            raise ValueError(
+                f"image_num_crops {counts} disagree with batch_num_images "
+                f"{_images_per_sample(batch_num_images, len(image_sizes))}, which need {expected} crops per image"
+            )
+        return expected
 
     def get_anyres_image_features(
         self,
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | Sequence[Sequence[int]],
         image_num_crops: Sequence[int] | torch.Tensor | None = None,
+        batch_num_images: Sequence[int] | torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Each image's visual tokens `(N_i, text hidden size)` in the grid modes.
 
         All crops go through the vision tower and connector in one call; each image's crop
         features are then merged, unpadded, reduced (`anyres_max_N`), given row-end newlines
         and joined with its base features by `anyres.pack_anyres_features`. An image with one
-        crop is base-only: its features plus one newline.
+        crop is base-only: its features plus one newline. `batch_num_images` (images per
+        sample) marks the images of multi-image samples, as transformers' OneVision does.
         """
         config = self.config
         image_sizes = torch.as_tensor(image_sizes).reshape(-1, 2)
-        counts = self._crop_counts(image_sizes, image_num_crops)
+        counts = self._crop_counts(image_sizes, image_num_crops, batch_num_images)
         if pixel_values.dim() == 5:
             if pixel_values.shape[0] != len(counts):
                 raise ValueError(f"pixel_values holds {pixel_values.shape[0]} images but image_sizes {len(counts)}")
@@ -284,11 +335,14 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
         image_num_crops: torch.Tensor | Sequence[int] | None = None,
         pixel_values_videos: torch.Tensor | None = None,
         video_num_frames: torch.Tensor | Sequence[int] | None = None,
+        batch_num_images: torch.Tensor | Sequence[int] | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Loss (when `labels` is given) counts only positions whose label is not -100.
 
-        `image_sizes` / `image_num_crops` matter in the grid modes only (see the module docstring).
+        `image_sizes` / `image_num_crops` / `batch_num_images` matter in the grid modes only (see
+        the module docstring); `batch_num_images` is checked against the images in every mode and
+        ignored on steps without `pixel_values` (generation after the prefill).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -298,11 +352,13 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("pixel_values need input_ids to find the <image> tokens")
             if self.config.image_mode == "fixed":
+                if batch_num_images is not None:
+                    _images_per_sample(batch_num_images, pixel_values.shape[0])
                 features = self.get_image_features(pixel_values)
             elif image_sizes is None:
                 raise ValueError(f"image_mode {self.config.image_mode!r} needs image_sizes beside pixel_values")
             else:
-                features = self.get_anyres_image_features(pixel_values, image_sizes, image_num_crops)
+                features = self.get_anyres_image_features(pixel_values, image_sizes, image_num_crops, batch_num_images)
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
         elif input_ids is not None and _is_prefill(cache) and bool((input_ids == self.config.image_token_id).any()):
             raise ValueError("the input has <image> tokens but no pixel_values")

@@ -63,13 +63,32 @@ class DatasetConfig:
     response_format_prompt: str | None = None
     name: str | None = None
     allow_outside_paths: bool = False  # absolute image paths and paths with `..` (off: a bad sample, unsafe path)
+    video_folder: str | None = None  # where relative video paths start (default: image_folder); needs model.video_token
+
+
+@dataclass
+class VideoDataConfig:
+    """Which frames of each video a sample contributes (LLaVA-OneVision: 32, evenly spaced).
+
+    `frames_upbound`: the most frames kept per video; `fps`: frames per second to keep (null:
+    evenly spaced over the whole video); `folder_fps`: the frame rate of videos given as frame
+    folders, needed to sample them at `fps`. Null takes OneVision's choice; any set needs
+    `model.video_token`.
+    """
+
+    frames_upbound: int | None = None
+    fps: float | None = None
+    folder_fps: float | None = None
 
 
 @dataclass
 class DataConfig:
     """The mixture and how samples become batches.
 
-    `image_mode`: `pad` (LLaVA-1.5) or `square` (resize + centre crop, LLaVA).
+    `image_aspect`: how the fixed image mode (`model.image_mode=fixed`) makes a square of each
+    image: `pad` (LLaVA-1.5: pad to a square with the mean colour) or `square` (LLaVA: resize and
+    centre-crop); null: `pad`. The grid modes tile each image themselves, so it is an error there.
+    `video`: frame sampling for video samples (`VideoDataConfig`).
     `packing`: several samples per row, no attention across them (fewer pad tokens).
     `group_by_modality`: image and text-only samples in separate batches, similar lengths
     together (LLaVA-1.5's `group_by_modality_length`).
@@ -82,7 +101,8 @@ class DataConfig:
 
     datasets: list[DatasetConfig] = field(default_factory=list)
     template: str = "vicuna_v1"
-    image_mode: str = "pad"
+    image_aspect: str | None = None
+    video: VideoDataConfig = field(default_factory=VideoDataConfig)
     max_length: int = 2048
     packing: bool = False
     group_by_modality: bool = False
@@ -231,6 +251,20 @@ def recipe_layers(path: Path) -> list[Layer]:
     return [*((source, {"model": spec}) for source, spec in model_spec_layers(model, path)), (path, rest)]
 
 
+# Keys an earlier schema had, with where their values go now.
+_RENAMED_KEYS = {
+    "data.image_mode": "data.image_aspect (pad | square, the fixed mode's squaring) "
+    "or model.image_mode (fixed | hd | anyres | anyres_max_N)",
+    "model.video_pool_mode": "model.video.pool_mode",
+    "model.video_pool_stride": "model.video.pool_stride",
+    "model.video_newline": "model.video.newline",
+}
+
+
+def _renamed_key_hint(message: str) -> str:
+    return "".join(f" ({old} is now {new})" for old, new in _RENAMED_KEYS.items() if f"'{old}'" in message)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML recipe (or start from defaults when `path` is None) and apply `key=value` overrides.
 
@@ -241,7 +275,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         layers = recipe_layers(Path(path)) if path is not None else []
         config = load_structured(TrainConfig, layers, list(overrides or []))
     except ValueError as error:  # one line, even when it quotes a YAML parser's several
-        raise ConfigError(" ".join(str(error).split())) from None
+        message = " ".join(str(error).split())
+        raise ConfigError(message + _renamed_key_hint(message)) from None
     check_values(config)
     return config
 
@@ -278,6 +313,7 @@ __all__ = [
     "OutputConfig",
     "StageConfig",
     "TrainConfig",
+    "VideoDataConfig",
     "check_values",
     "config_to_yaml",
     "load_config",

@@ -18,9 +18,10 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 from llavakit.errors import ConfigError
+from llavakit.model.build import mode_problems
 
 if TYPE_CHECKING:
-    from llavakit.train.config import TrainConfig
+    from llavakit.train.config import DataConfig, TrainConfig
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -128,6 +129,47 @@ def _combination_problems(config: TrainConfig) -> list[str]:
     return problems
 
 
+IMAGE_ASPECTS = ("pad", "square")
+
+
+def data_mode_problems(data: DataConfig, image_mode: str, has_video: bool, model_key: str = "model") -> list[str]:
+    """Data keys that an `image_mode` model (with or without video input) never reads, naming both sides."""
+    problems = []
+    if data.image_aspect is not None and image_mode != "fixed":
+        problems.append(
+            f"data.image_aspect={data.image_aspect!r} (how the fixed mode squares an image) does not apply to "
+            f"{model_key}.image_mode={image_mode!r}, which tiles each image itself: remove data.image_aspect"
+        )
+    if not has_video:
+        video = f"needs video input, but {model_key}.video_token is null"
+        problems += [
+            f"data.video.{key}={value!r} {video}" for key, value in vars(data.video).items() if value is not None
+        ]
+        problems += [
+            f"data.datasets.{index}.video_folder={dataset.video_folder!r} {video}"
+            for index, dataset in enumerate(data.datasets)
+            if dataset.video_folder is not None
+        ]
+    return problems
+
+
+def _mode_problems(config: TrainConfig) -> list[str]:
+    """Keys the model's image mode or lack of video never reads (a `model.checkpoint` is checked once loaded)."""
+    data, model = config.data, config.model
+    problems = []
+    if data.image_aspect is not None and data.image_aspect not in IMAGE_ASPECTS:
+        problems.append(_must_be("data.image_aspect", f"one of {', '.join(IMAGE_ASPECTS)}, or null", data.image_aspect))
+    video = data.video
+    if video.frames_upbound is not None and not _at_least(1)(video.frames_upbound):
+        problems.append(_must_be("data.video.frames_upbound", "a whole number >= 1, or null", video.frames_upbound))
+    for key in ("fps", "folder_fps"):
+        if getattr(video, key) is not None and not _above(0)(getattr(video, key)):
+            problems.append(_must_be(f"data.video.{key}", "a number > 0, or null", getattr(video, key)))
+    if model.checkpoint is None:
+        problems += mode_problems(model) + data_mode_problems(data, model.image_mode, model.video_token is not None)
+    return problems
+
+
 def check_values(config: TrainConfig) -> None:
     """Raise `ConfigError` naming every key whose value cannot work (null optimization values pass)."""
     problems = [
@@ -136,8 +178,9 @@ def check_values(config: TrainConfig) -> None:
         if not check(value := _value_at(config, key))
     ]
     problems += _dataset_problems(config) + _name_problems(config) + _combination_problems(config)
+    problems += _mode_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-__all__ = ["PRECISIONS", "check_values"]
+__all__ = ["IMAGE_ASPECTS", "PRECISIONS", "check_values", "data_mode_problems"]

@@ -32,20 +32,24 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from llavakit.errors import CheckpointError
+from llavakit.errors import CheckpointError, ConfigError
 from llavakit.interop.original_llava import llavakit_state_dict_from_original
 from llavakit.model.build import (
     ModelSpec,
     build_model,
     compose_model,
     load_vision_encoder,
+    vision_part,
 )
 from llavakit.model.checkpoint import check_safetensors_file
+from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.processing.tokenizer import prepare_tokenizer
+from llavakit.processing.video import FrameSampling
 from llavakit.train.checkpoint_files import verify_model_folder
-from llavakit.train.config import StageConfig, TrainConfig
+from llavakit.train.config import DataConfig, StageConfig, TrainConfig, VideoDataConfig
+from llavakit.train.config_checks import data_mode_problems
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +143,7 @@ def _compose(spec: ModelSpec, quantize: str | None) -> LlavaKitForCausalLM:
     if not isinstance(spec.language, str):
         raise ValueError("stage.lora.quantize (QLoRA) needs model.language to name pretrained weights")
     _require_qlora_support(quantize)
-    vision = load_vision_encoder(spec.vision, dtype)
+    vision = load_vision_encoder(vision_part(spec), dtype)
     language = _quantized_language_model(spec.language, quantize, dtype)
     return compose_model(spec, vision, language)
 
@@ -153,8 +157,38 @@ def _fit_embeddings(model: LlavaKitForCausalLM, vocabulary: int) -> None:
         logger.info("resized the language model's embeddings from %d to %d rows", rows, vocabulary)
 
 
+def frame_sampling(video: VideoDataConfig) -> FrameSampling:
+    """The recipe's frame sampling (`data.video`), OneVision's where a field is null."""
+    chosen = {"max_frames": video.frames_upbound, "fps": video.fps, "folder_fps": video.folder_fps}
+    return FrameSampling(**{key: value for key, value in chosen.items() if value is not None})
+
+
+def check_data_fits_model(data: DataConfig, model_config: LlavaKitConfig) -> None:
+    """Data keys that the model's image mode or lack of video never reads, named with the model's setting.
+
+    Checked again here because a `model.checkpoint` brings its own mode, known only once loaded.
+    """
+    problems = data_mode_problems(data, model_config.image_mode, model_config.video_token_id is not None)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def _processor_for(model: LlavaKitForCausalLM, tokenizer, config: TrainConfig) -> LlavaKitProcessor:
-    return LlavaKitProcessor.from_model_config(tokenizer, model.config, config.data.template, config.data.image_mode)
+    check_data_fits_model(config.data, model.config)
+    return LlavaKitProcessor.from_model_config(
+        tokenizer,
+        model.config,
+        config.data.template,
+        config.data.image_aspect or "pad",
+        video_sampling=frame_sampling(config.data.video),
+    )
+
+
+def _keeps_saved_processor(saved: LlavaKitProcessor, data: DataConfig) -> bool:
+    """Whether a checkpoint's processor already is what the recipe asks for (so its own image settings stay)."""
+    same_video = saved.video is None or saved.video.sampling == frame_sampling(data.video)
+    same_aspect = data.image_aspect is None or saved.image_config.mode == data.image_aspect
+    return saved.template_name == data.template and same_aspect and same_video
 
 
 def build_model_and_processor(config: TrainConfig) -> tuple[LlavaKitForCausalLM, LlavaKitProcessor]:
@@ -166,8 +200,10 @@ def build_model_and_processor(config: TrainConfig) -> tuple[LlavaKitForCausalLM,
         verify_model_folder(spec.checkpoint, "model.checkpoint")
         model = LlavaKitForCausalLM.from_pretrained(spec.checkpoint, dtype=_torch_dtype(spec.dtype))
         saved = LlavaKitProcessor.from_pretrained(spec.checkpoint)
-        same = saved.template_name == config.data.template and saved.image_config.mode == config.data.image_mode
-        processor = saved if same else _processor_for(model, saved.tokenizer, config)
+        check_data_fits_model(config.data, model.config)
+        processor = (
+            saved if _keeps_saved_processor(saved, config.data) else _processor_for(model, saved.tokenizer, config)
+        )
     else:
         if spec.vision is None or spec.language is None:
             raise ValueError("set model.checkpoint, or both model.vision and model.language")
