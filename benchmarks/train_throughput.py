@@ -120,7 +120,7 @@ def build_checkpoint(folder: Path) -> tuple[LlavaKitForCausalLM, LlavaKitProcess
     config.text_config = tiny_text_config("llama", hidden_size=256, num_hidden_layers=4)
     set_seed(0)
     model = LlavaKitForCausalLM(config)
-    processor = LlavaKitProcessor.from_model_config(tokenizer, config, template="vicuna_v1", image_mode="pad")
+    processor = LlavaKitProcessor.from_model_config(tokenizer, config, template="vicuna_v1", image_aspect="pad")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return model, processor

@@ -23,7 +23,7 @@ PATCH = 8  # tiny vision tower: 32 px images, 8 px patches -> 16 image tokens (C
 
 def make_processor(tokenizer, template="vicuna_v1", mode="pad", vision="clip") -> LlavaKitProcessor:
     config = tiny_llava_config(image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision=vision)
-    return LlavaKitProcessor.from_model_config(tokenizer, config, template, image_mode=mode)
+    return LlavaKitProcessor.from_model_config(tokenizer, config, template, image_aspect=mode)
 
 
 def image(height: int, width: int, seed: int) -> Image.Image:

@@ -172,14 +172,14 @@ class LlavaKitProcessor:
         tokenizer: PreTrainedTokenizerBase,
         config: LlavaKitConfig,
         template: str,
-        image_mode: str = "pad",
+        image_aspect: str = "pad",
         image_config: ImageProcessingConfig | None = None,
         video_sampling: FrameSampling | None = None,
         resize_backend: str = "pil",
     ) -> LlavaKitProcessor:
         """A processor whose image size, normalisation, layout and token counts match `config`.
 
-        `image_mode` (`pad` / `square`) is the fixed mode's recipe (and unused by the grid modes'
+        `image_aspect` (`pad` / `square`) is how the fixed mode squares an image (and unused by the grid modes'
         crops); `image_config` overrides the recipe derived from the vision tower (e.g. the one a
         checkpoint's image processor was saved with). `video_sampling` picks the frames of video
         files; `resize_backend` is the grid modes' and videos' resize (`pil` or `torch`).
@@ -192,7 +192,7 @@ class LlavaKitProcessor:
                     f"known: {', '.join(_VISION_NORMALIZATION)}; build an ImageProcessingConfig yourself"
                 )
             mean, std = _VISION_NORMALIZATION[vision.model_type]
-            image_config = ImageProcessingConfig(mode=image_mode, size=vision.image_size, mean=mean, std=std)
+            image_config = ImageProcessingConfig(mode=image_aspect, size=vision.image_size, mean=mean, std=std)
         highres = None
         if config.image_mode != "fixed":
             highres = HighResConfig(

@@ -51,7 +51,7 @@ def tiny_random_chat_model(seed: int = 0) -> tuple[LlavaKitForCausalLM, LlavaKit
     config = tiny_llava_config(image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
     torch.manual_seed(seed)
     model = LlavaKitForCausalLM(config)
-    processor = LlavaKitProcessor.from_model_config(tokenizer, config, template="vicuna_v1", image_mode="pad")
+    processor = LlavaKitProcessor.from_model_config(tokenizer, config, template="vicuna_v1", image_aspect="pad")
     return model, processor
 
 
