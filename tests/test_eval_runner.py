@@ -78,6 +78,10 @@ class ColourOracle(torch.nn.Module):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
     def generate(self, input_ids, attention_mask, pixel_values, eos_token_id, pad_token_id, **kwargs):
         assert bool(attention_mask[:, -1].all()), "prompts must be left-padded"
         assert kwargs["do_sample"] is False and kwargs["num_beams"] == 1

@@ -1,6 +1,7 @@
 """Training batches: right padding, packing, and modality-length grouped sampling.
 
-Both collators take the items of `LlavaDataset` (`input_ids`, `labels`, `attention_mask`,
+Both collators take the items of `LlavaDataset` of every record format alike (conversations,
+interleaved documents, text: `llavakit.data.formats`) (`input_ids`, `labels`, `attention_mask`,
 `pixel_values`, `sample_id`, and in the grid and video modes `image_sizes`, `image_num_crops`,
 `pixel_values_videos`, `video_num_frames`), drop the bad ones (`{"skipped": reason,
 "sample_id": id}`) and list them under `skipped_samples` as (sample_id, reason) pairs; the

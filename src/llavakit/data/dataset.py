@@ -1,16 +1,30 @@
-"""Datasets and mixtures: the LLaVA records of several files as one torch Dataset.
+"""Datasets and mixtures: the records of several files as one torch Dataset.
 
-Mixtures: a list of `DatasetSpec`s, each with a `fraction` (seeded random downsampling, as in
-LLaVA-1.5's data-efficiency study) and an optional response-format prompt appended to every
-human turn (LLaVA-1.5's "Answer the question using a single word or phrase." for short-answer
-VQA sets). Records are read and checked by `llavakit.data.records`; images and videos are
-decoded only when a sample is drawn, and the length estimates that group batches read image
-headers at most.
+Each dataset of a mixture (`DatasetSpec`) holds conversations, interleaved image-text documents
+or plain text (`llavakit.data.formats`), may keep a seeded `fraction` of its records (LLaVA-1.5's
+data-efficiency study) and a response-format prompt for every human turn (LLaVA-1.5's "Answer
+the question using a single word or phrase."), and may take a sampling `weight` (MM1's
+captions : interleaved : text = 4 : 4 : 1).
+
+A weighted mixture draws `mixture_size` samples per epoch (default: the records of all its
+datasets after `fraction`), each dataset its weight's share (`apportion`): a dataset smaller
+than its share is repeated (every record the same number of times, give or take one), a larger
+one is downsampled without replacement (`repeat_draws`). Like HF datasets'
+`interleave_datasets(probabilities=...)` on map-style datasets, the draw is made once from
+`data.seed`, so the dataset is an ordinary map-style one of `mixture_size` items: the Trainer's
+sampler (or the modality-grouped one) shuffles it per (seed, epoch), and a resumed run skips the
+batches it has seen and draws the rest exactly as an uninterrupted run. Without weights (and
+without `mixture_size`) every kept record is drawn once, as before weights existed.
+
+Records are read and checked by `llavakit.data.records` and `llavakit.data.formats`; images and
+videos are decoded only when a sample is drawn, and the length estimates that group batches
+read image headers at most. docs/data.md has the formats and the mixture rules with examples.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,16 +35,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from llavakit.data.formats import encode_dataset_sample, record_format, record_words, visual_count, visual_paths
 from llavakit.data.records import (
     LOAD_ERROR_KEY,
     BadSampleError,
     DatasetSpec,
-    encode_sample,
-    image_paths,
     load_records,
     sample_id_of,
-    turn_texts,
-    video_paths,
 )
 from llavakit.errors import ConfigError
 from llavakit.processing.processor import LlavaKitProcessor
@@ -51,23 +62,21 @@ def downsample(records: Sequence[T], fraction: float, seed: int) -> list[T]:
     return [records[i] for i in sorted(chosen.tolist())]
 
 
-def _visual_count(record: Mapping[str, Any], key: str) -> int:
-    value = record.get(key)
-    return 0 if not value else 1 if isinstance(value, str) else len(value) if isinstance(value, list) else 0
-
-
-def estimate_length(record: Any, num_image_tokens: int, visual_tokens: int | None = None) -> int:
+def estimate_length(
+    record: Any, num_image_tokens: int, visual_tokens: int | None = None, fmt: str | None = None
+) -> int:
     """Cheap length for grouping, without decoding: words + visual tokens; negative if text-only.
 
     `visual_tokens`: the record's image and video tokens when the caller knows them
-    (`estimate_visual_tokens`); default `num_image_tokens` per image or video. Never 0 (the
-    sign carries the modality), so unreadable records count as 1-token text.
+    (`estimate_visual_tokens`); default `num_image_tokens` per image or video. `fmt`: the
+    record's format (default: detected). Never 0 (the sign carries the modality), so
+    unreadable records count as 1-token text.
     """
-    if not isinstance(record, Mapping) or not isinstance(record.get("conversations"), list):
+    fmt = record_format(record, fmt)
+    words = record_words(record, fmt)
+    if words is None:
         return -1
-    turns = [turn for turn in record["conversations"] if isinstance(turn, Mapping)]
-    words = sum(len(text.split()) for text in turn_texts(turns))
-    count = _visual_count(record, "image") + _visual_count(record, "video")
+    count = visual_count(record, fmt)
     if not count:
         return -max(words, 1)
     return max(words + (count * num_image_tokens if visual_tokens is None else visual_tokens), 1)
@@ -109,18 +118,18 @@ def estimate_visual_tokens(
     processor: LlavaKitProcessor,
     video_folder: str | Path | None = None,
     allow_outside_paths: bool = False,
+    fmt: str | None = None,
 ) -> int:
     """The record's `<image>` and `<video>` tokens as `processor` will write them, without decoding.
 
     Grid modes: each image's grid token count from its header size (base-only for the images
-    of a multi-image sample when the layout says so; an unreadable image counts as base-only).
-    Videos: the tokens of `max_frames` frames, the most the processor's sampling keeps.
+    of a multi-image sample or document when the layout says so; an unreadable image counts as
+    base-only). Videos: the tokens of `max_frames` frames, the most the processor's sampling keeps.
     """
-    if not isinstance(record, Mapping):
-        return 0
+    videos_root = image_folder if video_folder is None else video_folder
+    fmt = record_format(record, fmt)
     try:
-        images = image_paths(record, image_folder, allow_outside_paths)
-        videos = video_paths(record, image_folder if video_folder is None else video_folder, allow_outside_paths)
+        images, videos = visual_paths(record, fmt, image_folder, videos_root, allow_outside_paths)
     except BadSampleError:
         return 0
     highres = processor.highres
@@ -147,12 +156,43 @@ class MixtureEntry:
 
 @dataclass
 class Mixture:
-    """The records of a mixture after downsampling, each dataset's record count before it, and the
-    sample ids that repeat within a dataset: (dataset name, id, times), in file order."""
+    """A mixture's records and its epoch's draws.
+
+    `entries`: the records of every dataset after `fraction`, in dataset and file order;
+    `totals`: each dataset's record count before `fraction`; `draws`: the entries one epoch
+    draws, as indices into `entries` (each dataset's draws together, in file order; the sampler
+    shuffles them); `weighted`: whether weights or a size made the draws; `duplicate_ids`: the
+    sample ids that repeat within a dataset, (dataset name, id, times), in file order.
+    """
 
     entries: list[MixtureEntry]
     totals: list[int]
     duplicate_ids: list[tuple[str, str, int]] = field(default_factory=list)
+    draws: list[int] = field(default_factory=list)
+    weighted: bool = False
+
+    def pool_sizes(self, datasets: int) -> list[int]:
+        """Records per dataset after `fraction`: what the draws are made from."""
+        sizes = [0] * datasets
+        for entry in self.entries:
+            sizes[entry.spec_index] += 1
+        return sizes
+
+    def draw_counts(self, datasets: int) -> list[int]:
+        """Draws per dataset in one epoch."""
+        counts = [0] * datasets
+        for index in self.draws:
+            counts[self.entries[index].spec_index] += 1
+        return counts
+
+    def composition(self, names: Sequence[str]) -> str:
+        """One line: each dataset's draws per epoch, its records and how often each is drawn on average."""
+        sizes, counts = self.pool_sizes(len(names)), self.draw_counts(len(names))
+        total = max(sum(counts), 1)
+        return ", ".join(
+            f"{name}: {count} draws ({count / total:.1%}) of {size} records (x{count / size:.2f})"
+            for name, size, count in zip(names, sizes, counts)
+        )
 
     def duplicates_summary(self, shown: int = 5) -> str:
         """One line: how many ids repeat and the first few, or "" when none do."""
@@ -166,10 +206,80 @@ class Mixture:
         )
 
 
-def read_mixture(specs: Sequence[DatasetSpec], seed: int) -> Mixture:
-    """Entries of every dataset after downsampling, with each dataset's record count before it."""
+# ---- weighted draws -------------------------------------------------------------------------
+
+
+def apportion(weights: Sequence[float], total: int) -> list[int]:
+    """Whole counts adding up to `total` in the proportions of `weights` (largest remainders; ties to the earlier).
+
+    Every count is within one sample of its exact share, so measured shares match the weights
+    as closely as whole samples allow; a zero weight gets nothing.
+    """
+    norm = math.fsum(weights)
+    exact = [total * weight / norm for weight in weights]
+    counts = [math.floor(share) for share in exact]
+    order = sorted((i for i, weight in enumerate(weights) if weight > 0), key=lambda i: (counts[i] - exact[i], i))
+    for index in order[: total - sum(counts)]:
+        counts[index] += 1
+    return counts
+
+
+def repeat_draws(size: int, count: int, seed: Sequence[int]) -> list[int]:
+    """`count` positions in `range(size)`, sorted: each `count // size` times, and `count % size` distinct
+    ones (drawn without replacement, seeded) once more, so a repeated dataset is repeated evenly."""
+    if count == 0:
+        return []
+    full, rest = divmod(count, size)
+    times = np.full(size, full, dtype=np.int64)
+    if rest:
+        times[np.random.default_rng(list(seed)).choice(size, size=rest, replace=False)] += 1
+    return np.repeat(np.arange(size), times).tolist()
+
+
+def mixture_weights(specs: Sequence[DatasetSpec]) -> list[float] | None:
+    """The datasets' weights, or None when none has one; all or none must have one, and not all 0."""
+    given = [spec.weight is not None for spec in specs]
+    if not any(given):
+        return None
+    if not all(given):
+        missing = [f"{spec.name} (data.datasets.{i}.weight)" for i, spec in enumerate(specs) if spec.weight is None]
+        named = ", ".join(missing)
+        raise ConfigError(
+            f"dataset mixture: some datasets have a weight but {named} has none; give every dataset a weight, or none"
+        )
+    weights = [float(spec.weight) for spec in specs]
+    if not math.fsum(weights) > 0:
+        raise ConfigError("dataset mixture: every data.datasets.N.weight is 0; at least one must be > 0")
+    return weights
+
+
+def mixture_draws(sizes: Sequence[int], weights: Sequence[float], total: int, seed: int) -> list[list[int]]:
+    """Per dataset, the positions (in its kept records) that one epoch of `total` samples draws.
+
+    A pure function of its arguments: the same mixture and seed always draw the same samples.
+    """
+    counts = apportion(weights, total)
+    return [repeat_draws(size, count, (seed, index, 1)) for index, (size, count) in enumerate(zip(sizes, counts))]
+
+
+def _check_mixture_size(mixture_size: int | None) -> None:
+    if mixture_size is not None and (isinstance(mixture_size, bool) or not isinstance(mixture_size, int)):
+        raise ConfigError(f"data.mixture_size must be a whole number >= 1, or null, got {mixture_size!r}")
+    if mixture_size is not None and mixture_size < 1:
+        raise ConfigError(f"data.mixture_size must be a whole number >= 1, or null, got {mixture_size}")
+
+
+def read_mixture(specs: Sequence[DatasetSpec], seed: int, mixture_size: int | None = None) -> Mixture:
+    """Entries of every dataset after `fraction`, each dataset's record count before it, and one epoch's draws.
+
+    Without weights and `mixture_size` every entry is drawn once, in order. With weights, each
+    dataset gets its weight's share of `mixture_size` draws (default: the number of entries);
+    with `mixture_size` alone, each dataset keeps its share of the entries (all scaled alike).
+    """
     if not specs:
         raise ConfigError("a dataset mixture needs at least one DatasetSpec")
+    _check_mixture_size(mixture_size)
+    weights = mixture_weights(specs)
     mixture = Mixture([], [])
     for index, spec in enumerate(specs):
         records = load_records(spec)
@@ -178,6 +288,15 @@ def read_mixture(specs: Sequence[DatasetSpec], seed: int) -> Mixture:
         numbered = [(sample_id_of(r, f"{spec.name}#{i}"), r) for i, r in enumerate(records)]
         kept = downsample(numbered, float(spec.fraction), seed=_dataset_seed(seed, index))
         mixture.entries += [MixtureEntry(index, sample_id, record) for sample_id, record in kept]
+    mixture.weighted = weights is not None or mixture_size is not None
+    if not mixture.weighted:
+        mixture.draws = list(range(len(mixture.entries)))
+        return mixture
+    sizes = mixture.pool_sizes(len(specs))
+    total = len(mixture.entries) if mixture_size is None else mixture_size
+    offsets = np.cumsum([0, *sizes]).tolist()
+    positions = mixture_draws(sizes, weights if weights is not None else sizes, total, seed)
+    mixture.draws = [offsets[index] + position for index, drawn in enumerate(positions) for position in drawn]
     return mixture
 
 
@@ -192,18 +311,26 @@ def _dataset_seed(seed: int, index: int) -> int:
 
 
 class LlavaDataset(Dataset):
-    """A torch Dataset over a mixture of LLaVA-format datasets; images are read in `__getitem__`.
+    """A torch Dataset over a mixture of datasets (conversations, documents, text); images are read in `__getitem__`.
 
-    Item `i` is the processor's encoding (`input_ids`, `labels`, `attention_mask`,
-    `pixel_values`, and in the grid and video modes `image_sizes`, `image_num_crops`,
-    `pixel_values_videos`, `video_num_frames`) plus `sample_id`, or `{"skipped": reason,
-    "sample_id": id}` for a bad sample (see the module docstring). Records are parsed once, up
-    front; nothing else is. `duplicate_ids` lists the ids that repeat within a dataset
-    (dataset name, id, times); they are logged as a warning when the dataset is built.
+    Item `i` is draw `i` of the mixture's epoch (`Mixture.draws`; without weights, record `i`):
+    the processor's encoding (`input_ids`, `labels`, `attention_mask`, `pixel_values`, and in
+    the grid and video modes `image_sizes`, `image_num_crops`, `pixel_values_videos`,
+    `video_num_frames`) plus `sample_id`, or `{"skipped": reason, "sample_id": id}` for a bad
+    sample (see the module docstring). A record drawn several times keeps its sample id.
+    Records are parsed once, up front; nothing else is. `mixture_size`: draws per epoch of a
+    weighted mixture (see `read_mixture`). `duplicate_ids` lists the ids that repeat within a
+    dataset (dataset name, id, times); they are logged as a warning when the dataset is built,
+    and a weighted mixture's composition is logged too.
     """
 
     def __init__(
-        self, specs: Sequence[DatasetSpec], processor: LlavaKitProcessor, max_length: int | None, seed: int = 0
+        self,
+        specs: Sequence[DatasetSpec],
+        processor: LlavaKitProcessor,
+        max_length: int | None,
+        seed: int = 0,
+        mixture_size: int | None = None,
     ):
         if not processor.tokenizer.is_fast:
             raise ConfigError("LlavaDataset needs a fast tokenizer (labels are placed with character offsets)")
@@ -211,45 +338,53 @@ class LlavaDataset(Dataset):
         self.processor = processor
         self.max_length = max_length
         self.seed = seed
-        mixture = read_mixture(self.specs, seed)
-        self._entries = mixture.entries
-        self.duplicate_ids = mixture.duplicate_ids
-        if mixture.duplicate_ids:
-            logger.warning("training data: %s", mixture.duplicates_summary())
-        self._modality_lengths: list[int] | None = None
+        self.mixture = read_mixture(self.specs, seed, mixture_size)
+        self._entries = self.mixture.entries
+        self._draws = self.mixture.draws
+        self.duplicate_ids = self.mixture.duplicate_ids
+        if self.mixture.duplicate_ids:
+            logger.warning("training data: %s", self.mixture.duplicates_summary())
+        if self.mixture.weighted:
+            logger.info("training mixture per epoch: %s", self.mixture.composition([s.name for s in self.specs]))
+        self._entry_lengths: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._draws)
+
+    def _entry(self, index: int) -> MixtureEntry:
+        return self._entries[self._draws[index]]
 
     def sample_id(self, index: int) -> str:
-        return self._entries[index].sample_id
+        return self._entry(index).sample_id
 
     def dataset_name(self, index: int) -> str:
-        return self.specs[self._entries[index].spec_index].name
+        return self.specs[self._entry(index).spec_index].name
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        entry = self._entries[index]
+        entry = self._entry(index)
         spec = self.specs[entry.spec_index]
         try:
-            encoded = encode_sample(entry.record, spec, self.processor, self.max_length)
+            encoded = encode_dataset_sample(entry.record, spec, self.processor, self.max_length)
         except BadSampleError as error:
             return {"skipped": error.reason, "sample_id": entry.sample_id}
-        return {**encoded, "sample_id": entry.sample_id}
+        return {**encoded.features, "sample_id": entry.sample_id}
 
     @property
     def modality_lengths(self) -> list[int]:
-        """Estimated lengths, positive for samples with images or videos and negative for text-only ones.
+        """Estimated lengths of the items, positive for samples with images or videos and negative for text-only ones.
 
         Visual tokens are the processor's real counts (`estimate_visual_tokens`); in the grid
-        modes that reads every image's header once, so the result is kept.
+        modes that reads every image's header once (once per record, however often it is
+        drawn), so the result is kept.
         """
-        if self._modality_lengths is None:
-            self._modality_lengths = [self._estimate_length(entry) for entry in self._entries]
-        return list(self._modality_lengths)
+        if self._entry_lengths is None:
+            self._entry_lengths = [self._estimate_length(entry) for entry in self._entries]
+        return [self._entry_lengths[index] for index in self._draws]
 
     def _estimate_length(self, entry: MixtureEntry) -> int:
         spec = self.specs[entry.spec_index]
+        fmt = record_format(entry.record, spec.format)
         visual = estimate_visual_tokens(
-            entry.record, spec.images_root, self.processor, spec.videos_root, spec.allow_outside_paths
+            entry.record, spec.images_root, self.processor, spec.videos_root, spec.allow_outside_paths, fmt
         )
-        return estimate_length(entry.record, self.processor.num_image_tokens, visual)
+        return estimate_length(entry.record, self.processor.num_image_tokens, visual, fmt)

@@ -1,5 +1,9 @@
 """LLaVA-format records: one reader and one validator for JSON / JSONL files, used by training and `data check`.
 
+This module reads files and checks conversation records; `llavakit.data.formats` adds the other
+record formats a dataset may hold (interleaved image-text documents, plain text) and picks the
+format of each record. docs/data.md describes every format and how mixtures draw from datasets.
+
 A record looks like the LLaVA releases' (`llava_v1_5_mix665k.json`, `blip_laion_cc_sbu_558k.json`):
 
     {"id": "000000033471", "image": "coco/train2017/000000033471.jpg",
@@ -33,7 +37,7 @@ batches read image headers at most). A bad sample gets one reason of the form
 
     malformed JSON, malformed record, malformed text, malformed turns, empty turn,
     unsafe path, <image> count mismatch, <video> count mismatch, missing image, corrupt image,
-    missing video, corrupt video, over max length, unsupported, encoding failed
+    missing video, corrupt video, over max length, unsupported, encoding failed, empty document
 
 In training the sample comes back as `{"skipped": reason, "sample_id": id}`; the collators
 drop it from the batch and list it under `skipped_samples`, so the trainer counts and reports it.
@@ -42,6 +46,7 @@ drop it from the batch and list it under `skipped_samples`, so the trainer count
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -63,6 +68,9 @@ LOAD_ERROR_KEY = "_load_error"
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 VIDEO_PLACEHOLDER = "<video>"
 
+# What a dataset's records are (`DatasetSpec.format`; None: detected per record, see `llavakit.data.formats`).
+FORMATS = ("conversation", "interleaved", "text")
+
 
 class BadSampleError(ValueError):
     """A sample that cannot be trained on; `reason` is `category: detail` (no sample id)."""
@@ -80,6 +88,11 @@ class DatasetSpec:
     `video_folder`: where relative video paths start (default: the image folder).
     `fraction`: share of the records kept, drawn at random without replacement (seeded by the
     dataset's seed and position in the mixture), file order preserved.
+    `weight`: the dataset's share of a weighted mixture's draws (normalised over the datasets;
+    null: no weights, see `llavakit.data.dataset.mixture_draws`); it applies to the records
+    `fraction` kept.
+    `format`: `conversation`, `interleaved` or `text` (see `llavakit.data.formats`); null:
+    detected per record.
     `response_format_prompt`: appended to every human turn after a newline (once).
     `name`: how reports call the dataset (default: the file name without extension).
     `allow_outside_paths`: accept absolute image and video paths and paths with `..` parts
@@ -93,10 +106,18 @@ class DatasetSpec:
     name: str | None = None
     video_folder: str | Path | None = None
     allow_outside_paths: bool = False
+    weight: float | None = None
+    format: str | None = None
 
     def __post_init__(self):
         if not 0.0 < float(self.fraction) <= 1.0:
             raise ConfigError(f"dataset {self.path}: fraction must be in (0, 1], got {self.fraction}")
+        if self.weight is not None and not (isinstance(self.weight, (int, float)) and 0 <= self.weight < math.inf):
+            raise ConfigError(f"dataset {self.path}: weight must be a finite number >= 0, or None, got {self.weight!r}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ConfigError(
+                f"dataset {self.path}: format must be one of {', '.join(FORMATS)}, or None, got {self.format!r}"
+            )
         if self.name is None:
             self.name = Path(self.path).stem
 
@@ -220,6 +241,11 @@ def _record_paths(record: Mapping[str, Any], key: str, folder: str | Path, allow
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
         raise BadSampleError("malformed record", f"{key!r} must be a path or a list of paths, got {value!r}")
+    return folder_paths(names, key, folder, allow_outside)
+
+
+def folder_paths(names: Sequence[str], key: str, folder: str | Path, allow_outside: bool) -> list[Path]:
+    """`names` as paths under `folder`; absolute paths and `..` parts are `unsafe path` unless `allow_outside`."""
     if not allow_outside:
         for name in names:
             _check_inside(PurePath(name), key, folder)
@@ -273,7 +299,7 @@ def _strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
             stack.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
 
 
-def _check_text(record: Mapping[str, Any]) -> None:
+def check_unicode(record: Mapping[str, Any]) -> None:
     """Text that is not valid Unicode (a lone surrogate such as JSON's `"\\ud800"`) cannot be tokenized."""
     for where, text in _strings(record):
         try:
@@ -283,14 +309,19 @@ def _check_text(record: Mapping[str, Any]) -> None:
             raise BadSampleError("malformed text", f"{where} holds {char}, a lone surrogate, not a character") from None
 
 
-def _checked_conversation(record: Any, response_format_prompt: str | None) -> list[dict[str, Any]]:
-    """The conversation to train on (prompt added), after the checks that need no file or tokenizer."""
+def check_loaded(record: Any) -> None:
+    """A record is a JSON object that was read whole (a load-error marker raises the reason it carries)."""
     if not isinstance(record, Mapping):
         raise BadSampleError("malformed record", f"a record must be a JSON object, got {type(record).__name__}")
     if LOAD_ERROR_KEY in record:
         category, _, detail = str(record[LOAD_ERROR_KEY]).partition(": ")
         raise BadSampleError(category, detail)
-    _check_text(record)
+
+
+def _checked_conversation(record: Any, response_format_prompt: str | None) -> list[dict[str, Any]]:
+    """The conversation to train on (prompt added), after the checks that need no file or tokenizer."""
+    check_loaded(record)
+    check_unicode(record)
     conversation = record.get("conversations")
     if not isinstance(conversation, list):
         raise BadSampleError("malformed turns", "the record has no 'conversations' list")
@@ -306,7 +337,8 @@ def _checked_conversation(record: Any, response_format_prompt: str | None) -> li
     return add_response_format_prompt(conversation, response_format_prompt)
 
 
-def _load_images(paths: list[Path]) -> list[Image.Image]:
+def load_images(paths: list[Path]) -> list[Image.Image]:
+    """The images decoded, or the first file's problem as `missing image` / `corrupt image`."""
     images = []
     for path in paths:
         if not path.is_file():
@@ -379,7 +411,7 @@ def encode_record(
     paths = image_paths(record, image_folder, allow_outside_paths)
     clips = video_paths(record, image_folder if video_folder is None else video_folder, allow_outside_paths)
     _check_placeholders(turn_texts(conversation), len(paths), len(clips), processor)
-    images = _load_images(paths)
+    images = load_images(paths)
     sampling = processor.video.sampling if _has_video_layout(processor) else FrameSampling()
     videos = _load_videos(clips, sampling)
     if processor is None:

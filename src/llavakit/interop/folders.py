@@ -232,7 +232,7 @@ def _import_original(
     )
     choice = _template_choice(template, model.config.text_config.model_type, tokenizer, original=True)
     processor = LlavaKitProcessor.from_model_config(
-        tokenizer, model.config, choice.name, image_mode=original.layout.processor_mode
+        tokenizer, model.config, choice.name, image_aspect=original.layout.processor_mode
     )
     return model, processor, choice
 

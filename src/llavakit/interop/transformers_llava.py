@@ -99,24 +99,39 @@ def llavakit_config_from_transformers(config: LlavaConfig) -> LlavaKitConfig:
     return converted
 
 
-def _connector_export_error(connector: str) -> str:
-    depth = mlp_depth(connector)
+def connector_export_reason(config: LlavaKitConfig) -> str:
+    """Why `config.connector` has no transformers projector (the caller checks it is not `mlp2x_gelu`).
+
+    transformers' Llava-family projector is linear_1 -> gelu -> linear_2 over every patch feature:
+    an MLP of another depth has other weights, and a connector that sets its own token budget
+    (avg_pool, c_abstractor, attn_pool, pixel_shuffle) gives a token count transformers cannot make.
+    """
+    depth = mlp_depth(config.connector)
     if depth == 1:
-        why = "it is a single linear layer, and transformers' projector has two (linear_1 -> gelu -> linear_2)"
-    elif depth is not None:
-        why = f"it has {depth} linear layers, and transformers' projector has two (linear_1 -> gelu -> linear_2)"
-    else:
-        why = "it is not an MLP, and transformers' projector is linear_1 -> gelu -> linear_2"
+        return "it is a single linear layer, and transformers' projector has two (linear_1 -> gelu -> linear_2)"
+    if depth is not None:
+        return f"it has {depth} linear layers, and transformers' projector has two (linear_1 -> gelu -> linear_2)"
+    output = config.connector_output
+    if output.num_tokens != config.num_vision_features or output.grid != config.connector_input.grid:
+        return (
+            f"it sets its own visual token budget ({output.num_tokens} tokens per crop from "
+            f"{config.num_vision_features} patch features), and transformers' projector maps every patch feature to "
+            "one token (linear_1 -> gelu -> linear_2)"
+        )
+    return "it is not an MLP, and transformers' projector is linear_1 -> gelu -> linear_2"
+
+
+def _connector_export_error(config: LlavaKitConfig) -> str:
     return (
-        f"connector {connector!r} cannot be exported to transformers' LlavaForConditionalGeneration: {why}; "
-        f"only {_EXPORTABLE_CONNECTOR!r} maps"
+        f"connector {config.connector!r} cannot be exported to transformers' LlavaForConditionalGeneration: "
+        f"{connector_export_reason(config)}; only {_EXPORTABLE_CONNECTOR!r} maps"
     )
 
 
 def transformers_config_from_llavakit(config: LlavaKitConfig) -> LlavaConfig:
     """The transformers `LlavaConfig` of a LlavaKitConfig; only the `mlp2x_gelu` connector maps."""
     if config.connector != _EXPORTABLE_CONNECTOR:
-        raise ValueError(_connector_export_error(config.connector))
+        raise ValueError(_connector_export_error(config))
     return LlavaConfig(image_seq_length=config.num_image_tokens, **transformers_fields_from_llavakit(config))
 
 

@@ -36,6 +36,7 @@ from llavakit.interop.keys import StateDict, rename
 from llavakit.interop.loading import carry_generation_defaults, check_text_layout, load_strict
 from llavakit.interop.transformers_llava import (
     LLAVA_KEYS,
+    connector_export_reason,
     llavakit_fields_from_transformers,
     transformers_fields_from_llavakit,
 )
@@ -96,7 +97,7 @@ def transformers_next_model_type(config: LlavaKitConfig) -> str:
     """
     problems = []
     if config.connector != _EXPORTABLE_CONNECTOR:
-        problems.append(f"connector {config.connector!r} (transformers' projector is linear_1 -> gelu -> linear_2)")
+        problems.append(f"connector {config.connector!r} ({connector_export_reason(config)})")
     if not config.newline_in_images:
         problems.append(
             "images without newline vectors (transformers always appends image_newline; "

@@ -23,11 +23,12 @@ Videos (OneVision) encode each frame at the base resolution, pool its feature ma
 
 Conventions: sizes are `(height, width)` in pixels; `crop_size` is the side of the encoder's
 input (224, 336, 384); `patch_size` the ViT patch (14); a crop becomes a square map of
-`crop_size // patch_size` features a side. The integer arithmetic (truncation of the
-effective resolution, ceil in the resize, rounding to 7 decimals when unpadding, float
-floor division in the `anyres_max_N` reduction) follows transformers' LLaVA-NeXT and
-OneVision code exactly, so token counts agree with checkpoints served by transformers,
-vLLM and SGLang.
+`crop_size // patch_size` features a side, unless the connector shrinks it (`side`: the
+connector's output side, `LlavaKitConfig.feature_side`; crops are merged after the connector).
+The integer arithmetic (truncation of the effective resolution, ceil in the resize, rounding
+to 7 decimals when unpadding, float floor division in the `anyres_max_N` reduction) follows
+transformers' LLaVA-NeXT and OneVision code exactly, so token counts agree with checkpoints
+served by transformers, vLLM and SGLang.
 """
 
 from __future__ import annotations
@@ -332,9 +333,30 @@ def pack_anyres_features(
 # --------------------------------------------------------------------------- token counts
 
 
-def anyres_feature_shape(image_size, pinpoints, crop_size: int, patch_size: int, max_crops: int | None = None) -> Size:
-    """Shape of an image's merged crop features after unpadding (and reduction with `max_crops`)."""
-    side = tokens_per_side(crop_size, patch_size)
+def _feature_side(crop_size: int, patch_size: int, side: int | None) -> int:
+    """One crop's map side: the patch grid's, or `side` where the connector resizes the map."""
+    patches = tokens_per_side(crop_size, patch_size)
+    if side is None:
+        return patches
+    if side < 1:
+        raise ValueError(f"side must be >= 1, got {side}")
+    return side
+
+
+def anyres_feature_shape(
+    image_size,
+    pinpoints,
+    crop_size: int,
+    patch_size: int,
+    max_crops: int | None = None,
+    *,
+    side: int | None = None,
+) -> Size:
+    """Shape of an image's merged crop features after unpadding (and reduction with `max_crops`).
+
+    `side`: one crop's map side after the connector (default: the patch grid's, `crop_size // patch_size`).
+    """
+    side = _feature_side(crop_size, patch_size, side)
     rows, cols = anyres_grid_shape(image_size, pinpoints, crop_size)
     height, width = unpadded_shape(image_size, (rows * side, cols * side))
     if max_crops is not None:
@@ -351,6 +373,7 @@ def num_image_tokens(
     pinpoints=None,
     newline: bool | None = None,
     max_cells: int = 6,
+    side: int | None = None,
 ) -> int:
     """Visual tokens one image becomes (patch features only; a kept CLS is the caller's to add).
 
@@ -361,9 +384,11 @@ def num_image_tokens(
       `anyres_max_N`  OneVision: as `anyres`, the unpadded map reduced to ~N crops;
       `hd`            LLaVA-1.5-HD: `anyres` over `hd_pinpoints(crop_size, max_cells)`
                       (unless `pinpoints` is given), the global image's side^2 included.
-    For the grid modes `newline` defaults to True (one row-end token per row).
+    For the grid modes `newline` defaults to True (one row-end token per row). `side`: one crop's
+    map side after the connector (default: the patch grid's); the base image and every crop count
+    side^2 tokens, and `anyres_max_N`'s budget is N crops of side^2.
     """
-    side = tokens_per_side(crop_size, patch_size)
+    side = _feature_side(crop_size, patch_size, side)
     base = side * side
     if mode == "fixed":
         return base + int(bool(newline))
@@ -378,7 +403,7 @@ def num_image_tokens(
         raise ValueError(f"unknown image token mode {mode!r}; use one of {IMAGE_TOKEN_MODES}")
     if image_size is None or pinpoints is None:
         raise ValueError(f"mode {mode!r} needs image_size and pinpoints")
-    height, width = anyres_feature_shape(image_size, pinpoints, crop_size, patch_size, max_crops)
+    height, width = anyres_feature_shape(image_size, pinpoints, crop_size, patch_size, max_crops, side=side)
     return base + height * (width + int(newline is None or newline))
 
 

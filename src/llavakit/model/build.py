@@ -33,6 +33,7 @@ from transformers import (
 from llavakit.config_files import Layer, load_structured, read_yaml, union_field
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.model.moe import MoeSpec, apply_moe
 
 # Vision models by the model_type of their (vision or full) config.
 _VISION_CLASSES = {
@@ -106,6 +107,10 @@ class ModelSpec:
     `checkpoint`: start from a saved llavakit model folder instead (its processor too; training).
     `connector_weights`: a stage-1 run folder (or its `trainable.safetensors`) loaded after
     building, as LLaVA's `--pretrain_mm_mlp_adapter` (training).
+    `connector_tokens` / `connector_ratio`: the connector's visual token budget per crop (`avg_pool`,
+    `c_abstractor`, `attn_pool`: N tokens, default 144; `pixel_shuffle`: r, default 2; see
+    `llavakit.model.connectors`); null takes the connector's default, and one set for a connector
+    that does not read it is an error.
     `name`: documentation only (the model a spec file describes), recorded with the run.
     """
 
@@ -114,6 +119,8 @@ class ModelSpec:
     language: Any = union_field(None, _is_part, _PART)
     tokenizer: str | None = None
     connector: str = "mlp2x_gelu"
+    connector_tokens: int | None = None
+    connector_ratio: int | None = None
     vision_feature_layer: Any = union_field(-2, _is_layers, "an integer or a list of integers")
     vision_feature_select_strategy: str = "default"
     image_token: str = "<image>"
@@ -130,6 +137,7 @@ class ModelSpec:
     image_base_first: bool | None = None
     multi_image_base_only: bool | None = None
     video: VideoSpec = field(default_factory=VideoSpec)
+    moe: MoeSpec = field(default_factory=MoeSpec)
     checkpoint: str | None = None
     connector_weights: str | None = None
     dtype: str | None = None
@@ -244,6 +252,8 @@ def llava_config(spec: ModelSpec, vision: PreTrainedConfig, text: PreTrainedConf
         vision_config=vision,
         text_config=text,
         connector=spec.connector,
+        connector_tokens=spec.connector_tokens,
+        connector_ratio=spec.connector_ratio,
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         image_mode=spec.image_mode,
@@ -339,7 +349,7 @@ def build_model(spec: ModelSpec) -> LlavaKitForCausalLM:
         raise ValueError("the model spec needs both vision and language")
     dtype = getattr(torch, spec.dtype) if spec.dtype else None
     vision = load_vision_encoder(vision_part(spec), dtype)
-    language = load_language_model(spec.language, dtype)
+    language = apply_moe(load_language_model(spec.language, dtype), spec.moe)
     if max(ids) >= language.config.vocab_size:
         language.resize_token_embeddings(max(ids) + 1)
     model = compose_model(spec, vision, language)

@@ -7,6 +7,11 @@ and the few choices LLaVA adds between them (connector, feature layer, feature s
 image token). Field names follow transformers' `LlavaConfig` so that a reader of one
 reads the other.
 
+The connector decides how many tokens one crop becomes (`connector_tokens` / `connector_ratio`,
+read by `llavakit.model.connectors`): every count here (`num_image_tokens`, `feature_side`,
+`image_token_count`, `video_token_count`) is of the connector's output, which is what the grid
+modes merge and videos pool.
+
 Beyond one fixed-size crop per image (`image_mode="fixed"`, LLaVA / LLaVA-1.5), the config
 selects the high-resolution layouts of LLaVA-1.5-HD (`hd`), LLaVA-NeXT (`anyres`) and
 LLaVA-OneVision (`anyres_max_N`), and OneVision's video input. The processor and the model
@@ -19,6 +24,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from llavakit.model import anyres
+from llavakit.model.connectors import ConnectorInput, ConnectorOutput, connector_output
 
 # Vision models that prepend a CLS token to their patch features.
 VISION_TYPES_WITH_CLS = {"clip_vision_model"}
@@ -27,7 +33,11 @@ VISION_TYPES_WITH_CLS = {"clip_vision_model"}
 class LlavaKitConfig(PreTrainedConfig):
     """Config of `LlavaKitForCausalLM`.
 
-    connector: a key of `llavakit.model.connectors.CONNECTORS` (`linear`, `mlp2x_gelu`, ...).
+    connector: a key of `llavakit.model.connectors.CONNECTORS` (`linear`, `mlp2x_gelu`, `avg_pool`,
+        `c_abstractor`, `attn_pool`, `pixel_shuffle`).
+    connector_tokens: tokens per crop of `avg_pool` / `c_abstractor` (a perfect square) and
+        `attn_pool`; None: the connector's default (144).
+    connector_ratio: `pixel_shuffle`'s r (a divisor of the patch grid's side); None: 2.
     vision_feature_layer: hidden-state index (or list, concatenated); -2 is LLaVA's choice.
     vision_feature_select_strategy: `default` drops the CLS feature, `full` keeps all.
     image_token_id: id of the `<image>` placeholder that the processor expands.
@@ -60,6 +70,8 @@ class LlavaKitConfig(PreTrainedConfig):
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
     connector: str = "mlp2x_gelu"
+    connector_tokens: int | None = None
+    connector_ratio: int | None = None
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     image_token_id: int = 32000
@@ -84,6 +96,7 @@ class LlavaKitConfig(PreTrainedConfig):
             )
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
+        _ = self.connector_output  # the connector exists and can meet its budget
         self._check_high_resolution()
 
     def _check_high_resolution(self) -> None:
@@ -100,20 +113,55 @@ class LlavaKitConfig(PreTrainedConfig):
             raise ValueError(
                 f"video_newline must be one of {anyres.VIDEO_NEWLINE_PLACEMENTS}, got {self.video_newline!r}"
             )
-        needs_square_map = mode != "fixed" or self.video_token_id is not None
-        if needs_square_map and self.num_image_tokens != self.feature_side**2:
-            raise ValueError(
-                f"image_mode {mode!r} / video input merge and pool square feature maps, but the vision tower gives "
-                f"{self.num_image_tokens} features per crop with strategy {self.vision_feature_select_strategy!r} "
-                f"({self.feature_side}x{self.feature_side} patches): "
-                "use 'default' with CLIP (drops CLS), 'full' with SigLIP"
-            )
+        self._check_square_map()
         if mode != "fixed":
             _ = self.grid_pinpoints  # parses and checks the canvases
 
+    def _square_map_users(self) -> str | None:
+        """What reads one crop's tokens as a square feature map: the grid mode and / or video input."""
+        users = [f"image_mode {self.image_mode!r}"] if self.image_mode != "fixed" else []
+        if self.video_token_id is not None:
+            users.append(f"video input (video_token_id={self.video_token_id})")
+        return " and ".join(users) or None
+
+    def _check_square_map(self) -> None:
+        """The grid modes merge, and videos pool, each crop's tokens as a square map: the connector must give one."""
+        users = self._square_map_users()
+        output = self.connector_output
+        if users is None:
+            return
+        if output.square_side is not None:
+            self._check_video_pool(output.square_side)
+            return
+        if output.num_tokens == self.num_vision_features:  # one token per feature: the tower's output is no grid
+            raise ValueError(
+                f"{users}: the grid modes merge, and videos pool, square feature maps, but the vision tower gives "
+                f"{self.num_vision_features} features per crop with strategy {self.vision_feature_select_strategy!r} "
+                f"({self.patch_side}x{self.patch_side} patches): "
+                "use 'default' with CLIP (drops CLS), 'full' with SigLIP"
+            )
+        raise ValueError(
+            f"connector {self.connector!r} cannot serve {users}: the grid modes merge, and videos pool, each crop's "
+            f"tokens as a square feature map, and {self.connector!r} gives {output.num_tokens} tokens per crop "
+            "without a spatial grid (learned queries); use connector avg_pool, c_abstractor or pixel_shuffle for a "
+            "token budget there, or keep it with image_mode 'fixed' and no video"
+        )
+
+    def _check_video_pool(self, side: int) -> None:
+        """A frame's map pooled to nothing (a small connector budget, average / max pooling) would drop every frame."""
+        if self.video_token_id is None:
+            return
+        height, width = anyres.pooled_shape(side, side, self.video_pool_mode, self.video_pool_stride)
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"video_pool_mode {self.video_pool_mode!r} with video_pool_stride={self.video_pool_stride} leaves no "
+                f"features of the {side}x{side} map connector {self.connector!r} gives per frame: raise "
+                "connector_tokens / lower connector_ratio, or pool bilinearly or with a smaller stride"
+            )
+
     @property
-    def num_image_tokens(self) -> int:
-        """Visual features one image becomes (and so `<image>` tokens the processor emits)."""
+    def num_vision_features(self) -> int:
+        """Features the vision tower gives per crop (what the connector reads)."""
         vision = self.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
         has_cls = vision.model_type in VISION_TYPES_WITH_CLS
@@ -121,6 +169,35 @@ class LlavaKitConfig(PreTrainedConfig):
             return patches + int(has_cls)
         # `default` drops the first feature: the CLS token where there is one (as transformers does).
         return patches if has_cls else patches - 1
+
+    @property
+    def vision_feature_width(self) -> int:
+        """Width of the features the connector reads (the tower's, times the layers concatenated)."""
+        layers = 1 if isinstance(self.vision_feature_layer, int) else len(self.vision_feature_layer)
+        return int(self.vision_config.hidden_size) * layers
+
+    @property
+    def connector_input(self) -> ConnectorInput:
+        """What the connector is built for: widths, one crop's patch grid (when its features form one), budget."""
+        side, features = self.patch_side, self.num_vision_features
+        return ConnectorInput(
+            vision_dim=self.vision_feature_width,
+            text_dim=int(self.text_config.hidden_size),
+            grid=(side, side) if features == side * side else None,
+            num_features=features,
+            num_tokens=self.connector_tokens,
+            ratio=self.connector_ratio,
+        )
+
+    @property
+    def connector_output(self) -> ConnectorOutput:
+        """Tokens per crop the connector gives, and their grid (raises on a budget it cannot meet)."""
+        return connector_output(self.connector, self.connector_input)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Tokens one crop becomes after the connector: an image's in the fixed mode (without a newline)."""
+        return self.connector_output.num_tokens
 
     # ---- high resolution: resolved settings and token counts -----------------------------
 
@@ -130,9 +207,26 @@ class LlavaKitConfig(PreTrainedConfig):
         return int(self.vision_config.image_size)
 
     @property
-    def feature_side(self) -> int:
-        """Side of one crop's feature map."""
+    def patch_side(self) -> int:
+        """Side of one crop's patch grid in the vision tower (what the connector reads)."""
         return anyres.tokens_per_side(self.crop_size, int(self.vision_config.patch_size))
+
+    @property
+    def feature_side(self) -> int:
+        """Side of one crop's feature map after the connector: what the grid modes merge and videos pool.
+
+        The patch side for connectors that keep one token per feature; the connector's output side
+        for the budgeted ones (`avg_pool`, `c_abstractor`: sqrt(N); `pixel_shuffle`: h / r).
+        """
+        output = self.connector_output
+        if output.square_side is not None:
+            return output.square_side
+        if output.num_tokens == self.num_vision_features:
+            return self.patch_side
+        raise ValueError(
+            f"connector {self.connector!r} gives {output.num_tokens} tokens per crop without a spatial grid: "
+            "it has no feature side"
+        )
 
     @property
     def grid_pinpoints(self) -> list[tuple[int, int]] | None:
@@ -197,6 +291,7 @@ class LlavaKitConfig(PreTrainedConfig):
             patch_size=int(self.vision_config.patch_size),
             pinpoints=self.grid_pinpoints,
             newline=self.newline_in_images,
+            side=self.feature_side,
         )
 
     def video_token_count(self, num_frames: int) -> int:

@@ -1,7 +1,8 @@
 """`LlavaKitForCausalLM`: vision tower → connector → language model, as one transformers model.
 
 Images enter the text as `<image>` placeholder tokens, already expanded by the processor to
-one token per visual feature (transformers' LlavaProcessor convention). The model encodes
+one token per visual feature (transformers' LlavaProcessor convention); how many features a
+crop gives is the connector's choice (`llavakit.model.connectors`), counted by the config. The model encodes
 the images, projects the features, checks that their number equals the number of
 placeholders, and scatters them into the token embeddings before the language model runs.
 Save/load, generate (with KV cache), gradient checkpointing and device maps come from
@@ -44,7 +45,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llavakit.model import anyres
 from llavakit.model.configuration import LlavaKitConfig
-from llavakit.model.connectors import build_connector
+from llavakit.model.connectors import LearnedTable, build_connector
 from llavakit.model.vision import VisionTower
 
 
@@ -97,9 +98,9 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             self.vision_tower = VisionTower(
                 vision_encoder, config.vision_feature_layer, config.vision_feature_select_strategy
             )
-        self.multi_modal_projector = build_connector(
-            config.connector, self.vision_tower.hidden_size, config.text_config.hidden_size
-        )
+        # The connector decides each crop's token count (config.connector_output): the grid modes and
+        # videos merge and pool its output, so counts everywhere are of the connector's tokens.
+        self.multi_modal_projector = build_connector(config.connector, config.connector_input)
         self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
         if config.has_image_newline:
             # Row-end / end-of-image vector of LLaVA-NeXT and OneVision (and LLaVA-1.5-HD's row-end token).
@@ -125,6 +126,8 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, LearnedTable):  # a connector's queries or position embeddings
+            module.init_weights()
         if module is self and getattr(self, "image_newline", None) is not None:
             init.normal_(self.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
 

@@ -58,6 +58,8 @@ class HighResConfig:
     multi_image_base_only: a sample with several images encodes each at base resolution.
     resize_backend: `pil` (identical to transformers' PIL processors) or `torch` (faster,
         within a couple of 8-bit levels; bicubic and bilinear only).
+    feature_side: side of one crop's map after the connector (`LlavaKitConfig.feature_side`); None:
+        one feature per patch (`crop_size // patch_size`), as every connector without a budget.
     """
 
     mode: str
@@ -67,8 +69,11 @@ class HighResConfig:
     newline: bool = True
     multi_image_base_only: bool = False
     resize_backend: str = "pil"
+    feature_side: int | None = None
 
     def __post_init__(self):
+        if self.feature_side is not None and self.feature_side < 1:
+            raise ValueError(f"feature_side must be >= 1, got {self.feature_side}")
         if self.resize_backend not in RESIZE_BACKENDS:
             raise ValueError(f"resize_backend must be one of {RESIZE_BACKENDS}, got {self.resize_backend!r}")
         if self.mode not in ("hd", "anyres") and not self.mode.startswith("anyres_max_"):
@@ -87,7 +92,12 @@ class HighResConfig:
     @property
     def base_tokens(self) -> int:
         """Features of one crop (the base image's count)."""
-        return anyres.tokens_per_side(self.crop_size, self.patch_size) ** 2
+        return self.side**2
+
+    @property
+    def side(self) -> int:
+        """Side of one crop's feature map as the language model receives it."""
+        return self.feature_side or anyres.tokens_per_side(self.crop_size, self.patch_size)
 
     def num_crops(self, image_size, base_only: bool = False) -> int:
         """Encoder inputs for one image: the base image plus its grid's cells."""
@@ -104,6 +114,7 @@ class HighResConfig:
             patch_size=self.patch_size,
             pinpoints=self.grid_pinpoints,
             newline=self.newline,
+            side=self.side,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,6 +126,7 @@ class HighResConfig:
             "newline": self.newline,
             "multi_image_base_only": self.multi_image_base_only,
             "resize_backend": self.resize_backend,
+            "feature_side": self.feature_side,
         }
 
     @classmethod

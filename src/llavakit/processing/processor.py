@@ -1,7 +1,8 @@
 """`LlavaKitProcessor`: text and images to model inputs, the one entry point for train, eval and serve.
 
-Training (`encode_conversation`: ids + labels on answers only), evaluation and serving
-(`__call__` on a prompt from `apply_chat_template`) all go through the same template, image
+Training (`encode_conversation`: ids + labels on answers only; `encode_document`: interleaved
+image-text documents and plain text, labels on all text, cut by `truncate_document`), evaluation
+and serving (`__call__` on a prompt from `apply_chat_template`) all go through the same image
 recipe and `<image>` expansion, so preprocessing never drifts between them. Each `<image>`
 in the text becomes `num_image_tokens` copies of the image token id, as transformers'
 `LlavaProcessor` does; `__call__` gives the same ids and pixels as that class (tested), and
@@ -99,6 +100,10 @@ class _Visuals:
 
 def _where(sample_id: Any) -> str:
     return f"sample {sample_id!r}" if sample_id is not None else "the conversation"
+
+
+def _document(sample_id: Any) -> str:
+    return f"document {sample_id!r}" if sample_id is not None else "the document"
 
 
 def _tokenizer_config_hint(directory: Path) -> dict[str, Any]:
@@ -203,6 +208,7 @@ class LlavaKitProcessor:
                 newline=config.newline_in_images,
                 multi_image_base_only=config.base_only_for_multi_image,
                 resize_backend=resize_backend,
+                feature_side=config.feature_side,
             )
         video = None
         if config.video_token_id is not None:
@@ -492,14 +498,118 @@ class LlavaKitProcessor:
             labels.append(token if answer else IGNORE_INDEX)
         if max_length is not None and len(input_ids) > max_length:
             raise ValueError(f"{_where(sample_id)} is {len(input_ids)} tokens long, more than max_length={max_length}")
-        visual = self._visual_outputs(image_visuals, video_visuals)
+        return self._training_sample(input_ids, labels, image_visuals, video_visuals)
+
+    def _training_sample(
+        self, input_ids: list[int], labels: list[int], images: _Visuals, videos: _Visuals
+    ) -> dict[str, torch.Tensor | None]:
+        """Token lists and preprocessed visuals as the tensors a collator batches (see `encode_conversation`)."""
+        visual = self._visual_outputs(images, videos)
         encoded = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.ones(len(input_ids), dtype=torch.long),
-            "pixel_values": torch.from_numpy(visual.pop("pixel_values")) if images else None,
+            "pixel_values": torch.from_numpy(visual.pop("pixel_values")) if images.pixels else None,
         }
         encoded.update({key: torch.from_numpy(value) for key, value in visual.items()})
+        return encoded
+
+    def _check_document_text(self, parts: Sequence[str | None], sample_id: Any) -> None:
+        """Document text must not hold a placeholder token: the tokenizer would read it as one, and the
+        sample's image (or video) tokens would no longer match its pixels."""
+        tokens = [self.image_token] + ([self.video_token] if self.video is not None else [])
+        for index, part in enumerate(parts):
+            if part is None:
+                continue
+            if not isinstance(part, str):
+                raise ValueError(f"{_document(sample_id)}: part {index} must be a string or None (an image)")
+            for token in tokens:
+                if token in part:
+                    raise ValueError(
+                        f"{_document(sample_id)}: text part {index} holds {token!r}, the placeholder token; "
+                        "a document's images are its image parts"
+                    )
+
+    def encode_document(
+        self,
+        parts: Sequence[str | None],
+        images: Sequence[ImageInput] | None = None,
+        sample_id: Any = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """One interleaved image-text document, or plain text, for language-model training: loss on all its text.
+
+        `parts` is the document in reading order: a string for text, None for the next image of
+        `images`. Parts are joined as they are (separators belong in the text). No template: the
+        tokenizer adds its BOS as it does for any text, and its EOS (when it has one and did not
+        add it) closes the document. Each image becomes its `<image>` expansion at its place.
+        `labels` equal `input_ids` except on image tokens (IGNORE_INDEX). Returns the keys of
+        `encode_conversation`; `truncate_document` cuts the result to a length. Raises ValueError
+        when the image parts and `images` differ in number, or text holds the image (or video) token.
+        """
+        images = list(images or [])
+        slots = sum(part is None for part in parts)
+        if slots != len(images):
+            raise ValueError(f"{_document(sample_id)} has {slots} image part(s) but {len(images)} image(s)")
+        self._check_document_text(parts, sample_id)
+        visuals = self._images(images, sample_id)
+        text = "".join(self.image_token if part is None else part for part in parts)
+        token_ids = list(self.tokenizer(text)["input_ids"])
+        input_ids = self._expand(token_ids, visuals.tokens)
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and (not input_ids or input_ids[-1] != eos):
+            input_ids.append(eos)
+        labels = [IGNORE_INDEX if token == self.image_token_id else token for token in input_ids]
+        return self._training_sample(input_ids, labels, visuals, _Visuals())
+
+    def _tokens_per_image(self, encoded: Mapping[str, Any]) -> list[int]:
+        """The `<image>` tokens of each image of an encoded sample, in order (from its layout keys)."""
+        pixels = encoded.get("pixel_values")
+        if pixels is None or len(pixels) == 0:
+            return []
+        if self.highres is None:
+            return [self.num_image_tokens] * len(pixels)
+        sizes, crops = encoded["image_sizes"].tolist(), encoded["image_num_crops"].tolist()
+        return [self.highres.num_tokens(tuple(size), base_only=count == 1) for size, count in zip(sizes, crops)]
+
+    def truncate_document(self, encoded: Mapping[str, Any], max_length: int) -> dict[str, Any]:
+        """An `encode_document` result cut to at most `max_length` tokens, never inside an image's tokens.
+
+        A cut that would split an image moves back to where that image starts; the images after
+        the cut leave the sample with their pixels and layout rows. Long web documents are cut
+        rather than dropped (as OBELICS / MM1-style pretraining does), since their first
+        `max_length` tokens are still good text. A sample that fits comes back unchanged.
+        """
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        if len(encoded["input_ids"]) <= max_length:
+            return dict(encoded)
+        positions = (torch.as_tensor(encoded["input_ids"]) == self.image_token_id).nonzero().flatten().tolist()
+        cut, kept, start = max_length, 0, 0
+        for tokens in self._tokens_per_image(encoded):
+            first = positions[start]
+            if first + tokens > cut:
+                cut = min(cut, first)
+                break
+            kept, start = kept + 1, start + tokens
+        return self._keep_images(dict(encoded), cut, kept)
+
+    def _keep_images(self, encoded: dict[str, Any], length: int, kept: int) -> dict[str, Any]:
+        """The first `length` tokens and the first `kept` images (crops, sizes and counts) of `encoded`."""
+        for key in ("input_ids", "labels", "attention_mask"):
+            encoded[key] = encoded[key][:length]
+        if encoded.get("pixel_values") is None:
+            return encoded
+        if kept == 0:
+            encoded["pixel_values"] = None
+            encoded.pop("image_sizes", None)
+            encoded.pop("image_num_crops", None)
+            return encoded
+        crops = encoded.get("image_num_crops")
+        rows = int(crops[:kept].sum()) if crops is not None else kept
+        encoded["pixel_values"] = encoded["pixel_values"][:rows]
+        for key in ("image_sizes", "image_num_crops"):
+            if key in encoded:
+                encoded[key] = encoded[key][:kept]
         return encoded
 
     # ---- persistence ---------------------------------------------------------------------

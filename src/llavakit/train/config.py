@@ -55,7 +55,16 @@ def _is_resume(value: Any) -> bool:
 
 @dataclass
 class DatasetConfig:
-    """One dataset of the mixture (fields of `llavakit.data.records.DatasetSpec`)."""
+    """One dataset of the mixture (fields of `llavakit.data.records.DatasetSpec`; docs/data.md).
+
+    `fraction`: the share of the records kept (seeded, without replacement).
+    `weight`: the dataset's share of the mixture's draws, normalised over the datasets (MM1:
+    captions 4, interleaved 4, text 1); a dataset smaller than its share is repeated, a larger one
+    downsampled. All datasets have a weight or none does (none: each kept record once per
+    epoch). With `fraction`, the weight draws from the records `fraction` kept.
+    `format`: `conversation` (LLaVA records), `interleaved` (OBELICS / MMC4 documents, loss on
+    all text) or `text` (`{"text": ...}`, loss on all tokens); null: detected per record.
+    """
 
     path: str = ""
     image_folder: str | None = None
@@ -64,6 +73,8 @@ class DatasetConfig:
     name: str | None = None
     allow_outside_paths: bool = False  # absolute image paths and paths with `..` (off: a bad sample, unsafe path)
     video_folder: str | None = None  # where relative video paths start (default: image_folder); needs model.video_token
+    weight: float | None = None  # share of a weighted mixture's draws (null: unweighted)
+    format: str | None = None  # conversation | interleaved | text (null: detected per record)
 
 
 @dataclass
@@ -89,6 +100,9 @@ class DataConfig:
     image: `pad` (LLaVA-1.5: pad to a square with the mean colour) or `square` (LLaVA: resize and
     centre-crop); null: `pad`. The grid modes tile each image themselves, so it is an error there.
     `video`: frame sampling for video samples (`VideoDataConfig`).
+    `mixture_size`: samples per epoch of a weighted mixture (`datasets.N.weight`); null: the
+    records of all datasets after `fraction`. Without weights it scales every dataset alike.
+    The draws are made once from `seed`; the sampler shuffles them per epoch (resumable).
     `packing`: several samples per row, no attention across them (fewer pad tokens).
     `group_by_modality`: image and text-only samples in separate batches, similar lengths
     together (LLaVA-1.5's `group_by_modality_length`).
@@ -104,6 +118,7 @@ class DataConfig:
     image_aspect: str | None = None
     video: VideoDataConfig = field(default_factory=VideoDataConfig)
     max_length: int = 2048
+    mixture_size: int | None = None
     packing: bool = False
     group_by_modality: bool = False
     num_workers: int = 0

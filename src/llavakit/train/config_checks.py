@@ -86,6 +86,9 @@ def _must_be(key: str, expects: str, value: Any) -> str:
     return f"config key '{key}' must be {expects}, got {value!r}"
 
 
+DATASET_FORMATS = ("conversation", "interleaved", "text")
+
+
 def _dataset_problems(config: TrainConfig) -> list[str]:
     problems = []
     for index, dataset in enumerate(config.data.datasets):
@@ -94,6 +97,32 @@ def _dataset_problems(config: TrainConfig) -> list[str]:
             problems.append(_must_be(f"{key}.path", "the path of a .json or .jsonl file", dataset.path))
         if not _share(closed_low=False)(dataset.fraction):  # downsampling only
             problems.append(_must_be(f"{key}.fraction", "a share of the records in (0, 1]", dataset.fraction))
+        if not _optional(_at_least(0))(dataset.weight):
+            problems.append(
+                _must_be(f"{key}.weight", "a finite number >= 0 (a share of the draws), or null", dataset.weight)
+            )
+        if dataset.format is not None and dataset.format not in DATASET_FORMATS:
+            expects = f"one of {', '.join(DATASET_FORMATS)}, or null (detected per record)"
+            problems.append(_must_be(f"{key}.format", expects, dataset.format))
+    return problems + _mixture_problems(config.data)
+
+
+def _mixture_problems(data: DataConfig) -> list[str]:
+    """Weights are given for every dataset or none, and not all 0; the epoch has at least one draw."""
+    problems = []
+    if not _optional(_at_least(1))(data.mixture_size):
+        problems.append(
+            _must_be("data.mixture_size", "a whole number >= 1 (draws per epoch), or null", data.mixture_size)
+        )
+    weights = [dataset.weight for dataset in data.datasets]
+    missing = [f"data.datasets.{index}.weight" for index, weight in enumerate(weights) if weight is None]
+    if missing and len(missing) < len(weights):
+        problems.append(
+            f"{', '.join(missing)} null while other datasets have a weight: give every dataset a weight, or none"
+        )
+    given = [weight for weight in weights if weight is not None]
+    if given and not missing and all(_at_least(0)(weight) for weight in given) and sum(given) == 0:
+        problems.append("data.datasets.N.weight are all 0: at least one dataset needs a weight > 0")
     return problems
 
 
@@ -183,4 +212,4 @@ def check_values(config: TrainConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-__all__ = ["IMAGE_ASPECTS", "PRECISIONS", "check_values", "data_mode_problems"]
+__all__ = ["DATASET_FORMATS", "IMAGE_ASPECTS", "PRECISIONS", "check_values", "data_mode_problems"]
