@@ -274,7 +274,7 @@ def test_overrides_reach_the_keys_of_an_included_spec(tmp_path):
 
 # ---- the shipped recipes -------------------------------------------------------------------------
 
-RECIPE_FOLDERS = ("llava", "llava-1.5", "llava-1.5-hd", "llava-next", "llava-onevision", "tiny")
+RECIPE_FOLDERS = ("llava", "llava-1.5", "llava-1.5-hd", "llava-next", "llava-onevision", "mm1", "tiny")
 RECIPES = sorted(p for folder in RECIPE_FOLDERS for p in (CONFIGS / folder).glob("*.yaml"))
 
 

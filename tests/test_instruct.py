@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from llavakit.eval.baselines import chance_accuracy, majority_accuracy
+from llavakit.synthetic.documents import build_documents, build_text_corpus
 from llavakit.synthetic.instruct import (
     BRIEF_INSTRUCTIONS,
     DETAIL_INSTRUCTIONS,
@@ -321,7 +322,8 @@ def test_files_are_deterministic(tmp_path, world):
     write_world(tmp_path / "world", n=80, seed=3, config=CONFIG)
     first = write_instruct_files(tmp_path / "world", seed=3)
     second = write_instruct_files(tmp_path / "world", tmp_path / "again", seed=3)
-    assert set(first) == {"pretrain", "instruct", "eval_vqa", "eval_counting", "eval_ocr", "eval_region", "eval_pope"}
+    evals = {"eval_vqa", "eval_counting", "eval_ocr", "eval_region", "eval_pope"}
+    assert set(first) == {"pretrain", "instruct", "documents", "text", *evals}
     assert {k: _digest(p) for k, p in first.items()} == {k: _digest(p) for k, p in second.items()}
     data = json.loads(first["instruct"].read_text())
     assert all((tmp_path / "world" / s["image"]).is_file() for s in data)
@@ -340,3 +342,16 @@ def test_500_scenes_and_their_data(tmp_path):
     assert manifest.n_test == 100
     scenes = load_scenes(manifest.train_path) + load_scenes(manifest.test_path)
     assert sorted(f"images/{p.name}" for p in manifest.images_dir.iterdir()) == sorted(s.image for s in scenes)
+
+
+def test_documents_and_text_tell_each_training_scene_once(world):
+    train = world[0]
+    documents = build_documents(train, seed=0)
+    images = [image for document in documents for image in document["images"] if image is not None]
+    assert images == [scene.image for scene in train]  # every scene once, in order
+    for document in documents:
+        assert len(document["texts"]) == len(document["images"])
+        assert all((text is None) != (image is None) for text, image in zip(document["texts"], document["images"]))
+        assert 1 <= sum(image is not None for image in document["images"]) <= 3
+    corpus = build_text_corpus(train)
+    assert [record["text"] for record in corpus] == [f"A picture of {caption(s)}. {describe(s)}" for s in train]

@@ -59,6 +59,7 @@ from typing import Any
 
 from llavakit.errors import DataError, OutputExistsError
 from llavakit.output_paths import check_writable_dir
+from llavakit.synthetic.documents import build_documents, build_text_corpus
 from llavakit.synthetic.world import (
     COLUMNS,
     ROWS,
@@ -749,7 +750,8 @@ def build_eval_sets(
 def write_instruct_files(
     world_dir: str | Path, out_dir: str | Path | None = None, seed: int = 0, overwrite: bool = True
 ) -> dict[str, Path]:
-    """From a `synth.write_world` folder write pretrain.json, instruct.json and eval_<set>.jsonl.
+    """From a `synth.write_world` folder write pretrain.json, instruct.json, documents.jsonl (interleaved
+    image-text documents), text.jsonl (a text-only corpus) and eval_<set>.jsonl.
 
     Image paths stay relative to `world_dir` (use it as the image folder). Training data
     uses the training scenes' statistics; evaluation sets use the test scenes'. With
@@ -761,17 +763,29 @@ def write_instruct_files(
     train = load_scenes(_world_file(world, "scenes_train.jsonl"))
     test = load_scenes(_world_file(world, "scenes_test.jsonl"))
     if not overwrite:
-        _refuse_existing(out, ["pretrain.json", "instruct.json", *(f"eval_{name}.jsonl" for name in EVAL_SETS)])
+        names = ["pretrain.json", "instruct.json", "documents.jsonl", "text.jsonl"]
+        _refuse_existing(out, [*names, *(f"eval_{name}.jsonl" for name in EVAL_SETS)])
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"pretrain": out / "pretrain.json", "instruct": out / "instruct.json"}
+    paths = {
+        "pretrain": out / "pretrain.json",
+        "instruct": out / "instruct.json",
+        "documents": out / "documents.jsonl",
+        "text": out / "text.jsonl",
+    }
     _write_json(paths["pretrain"], build_pretrain_data(train, seed))
     _write_json(paths["instruct"], build_instruct_data(train, seed=seed))
+    _write_jsonl(paths["documents"], build_documents(train, seed))
+    _write_jsonl(paths["text"], build_text_corpus(train))
     if test:
         for name, questions in build_eval_sets(test, seed).items():
             paths[f"eval_{name}"] = out / f"eval_{name}.jsonl"
-            with open(paths[f"eval_{name}"], "w", encoding="utf-8", newline="\n") as handle:
-                handle.writelines(json.dumps(q, ensure_ascii=False) + "\n" for q in questions)
+            _write_jsonl(paths[f"eval_{name}"], questions)
     return paths
+
+
+def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def _world_file(world: Path, name: str) -> Path:
