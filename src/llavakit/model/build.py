@@ -33,7 +33,7 @@ from transformers import (
 from llavakit.config_files import Layer, load_structured, read_yaml, union_field
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.modeling import LlavaKitForCausalLM
-from llavakit.model.moe import MoeSpec, apply_moe
+from llavakit.model.moe import MoeSpec, apply_moe, moe_text_config, routes_tokens
 
 # Vision models by the model_type of their (vision or full) config.
 _VISION_CLASSES = {
@@ -111,6 +111,8 @@ class ModelSpec:
     `c_abstractor`, `attn_pool`: N tokens, default 144; `pixel_shuffle`: r, default 2; see
     `llavakit.model.connectors`); null takes the connector's default, and one set for a connector
     that does not read it is an error.
+    `moe`: the language model's experts (`MoeSpec`): sparse upcycling of a dense Llama / Mistral /
+    Qwen2 / Qwen3 into its transformers MoE model, and the router balance loss's weight.
     `name`: documentation only (the model a spec file describes), recorded with the run.
     """
 
@@ -189,7 +191,8 @@ def load_model_spec(path: str | Path, overrides: list[str] | None = None) -> Mod
 
 def model_config(spec: ModelSpec) -> LlavaKitConfig:
     """The `LlavaKitConfig` of `spec`: shapes only, no weights (a named backbone's config.json is read)."""
-    return llava_config(spec, _vision_config(_part_config(vision_part(spec))), _part_config(spec.language))
+    text = moe_text_config(_part_config(spec.language), spec.moe)
+    return llava_config(spec, _vision_config(_part_config(vision_part(spec))), text)
 
 
 # Keys of a spec that only some image modes read: key -> (modes that read it, what it is for).
@@ -333,12 +336,16 @@ def compose_model(spec: ModelSpec, vision: PreTrainedModel, language: PreTrained
 
     The backbones' sub-configs lose their attention implementation when they join the
     composite config, and a decoder without one runs with no causal mask: it is set again
-    (the spec's choice, else the language model's, else sdpa) on the whole model.
+    (the spec's choice, else the language model's, else sdpa) on the whole model. An MoE
+    decoder's experts implementation (e.g. grouped_mm) is lost the same way and set again.
     """
     attention = spec.attn_implementation or language.config._attn_implementation or "sdpa"
+    experts = language.config._experts_implementation if routes_tokens(language.config) else None
     config = llava_config(spec, vision.config, language.config)
     model = LlavaKitForCausalLM(config, vision_encoder=vision, language_model=language)
     model.set_attn_implementation(attention)
+    if experts is not None:
+        model.language_model.set_experts_implementation(experts)
     return model
 
 

@@ -46,6 +46,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from llavakit.model import anyres
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.connectors import LearnedTable, build_connector
+from llavakit.model.moe import routes_tokens
 from llavakit.model.vision import VisionTower
 
 
@@ -345,7 +346,9 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
 
         `image_sizes` / `image_num_crops` / `batch_num_images` matter in the grid modes only (see
         the module docstring); `batch_num_images` is checked against the images in every mode and
-        ignored on steps without `pixel_values` (generation after the prefill).
+        ignored on steps without `pixel_values` (generation after the prefill). An MoE language model
+        adds its router load-balancing loss to the loss when `labels` is given and returns it (unweighted)
+        as `aux_loss` (see `llavakit.model.moe`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -378,6 +381,10 @@ class LlavaKitForCausalLM(PreTrainedModel, GenerationMixin):
             and bool((input_ids == video_token).any())
         ):
             raise ValueError("the input has <video> tokens but no pixel_values_videos")
+        if routes_tokens(self.language_model.config):
+            # An MoE decoder's balance loss belongs to the training loss: router logits are asked for
+            # with labels only, never on generation steps, where transformers cannot compute that loss.
+            kwargs.setdefault("output_router_logits", labels is not None)
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

@@ -15,7 +15,8 @@
 A stage that leaves the language model frozen saves only what trained
 (`trainable.safetensors`: parameter name -> tensor, plus `config.json` and the processor):
 megabytes instead of the whole LLM. LoRA / QLoRA wrap the model with peft, adapters on the
-language model's linear layers, the connector (and vision tower, when it trains) saved whole.
+language model's linear layers (and an MoE language model's fused expert weights), the connector
+(and vision tower, when it trains; an MoE's routers) saved whole.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from llavakit.model.build import (
 from llavakit.model.checkpoint import check_safetensors_file
 from llavakit.model.configuration import LlavaKitConfig
 from llavakit.model.modeling import LlavaKitForCausalLM
+from llavakit.model.moe import apply_moe
 from llavakit.processing.processor import LlavaKitProcessor
 from llavakit.processing.tokenizer import prepare_tokenizer
 from llavakit.processing.video import FrameSampling
@@ -142,9 +144,14 @@ def _compose(spec: ModelSpec, quantize: str | None) -> LlavaKitForCausalLM:
         return build_model(spec)
     if not isinstance(spec.language, str):
         raise ValueError("stage.lora.quantize (QLoRA) needs model.language to name pretrained weights")
+    if spec.moe.upcycle:
+        raise ValueError(
+            "model.moe.upcycle=true copies full-precision weights into the experts, which a quantized load does "
+            "not have: upcycle without stage.lora.quantize, or save the upcycled model and quantize that"
+        )
     _require_qlora_support(quantize)
     vision = load_vision_encoder(vision_part(spec), dtype)
-    language = _quantized_language_model(spec.language, quantize, dtype)
+    language = apply_moe(_quantized_language_model(spec.language, quantize, dtype), spec.moe)
     return compose_model(spec, vision, language)
 
 
@@ -300,22 +307,76 @@ def save_trainable_weights(state_dict: dict[str, torch.Tensor], names: list[str]
 # ---- LoRA ----------------------------------------------------------------------------------------
 
 
+# LoRA target names -> the fused 3-D expert weight of transformers' MoE layers that holds them.
+FUSED_EXPERT_TARGETS = {"gate_up_proj": ("gate_proj", "up_proj", "gate_up_proj"), "down_proj": ("down_proj",)}
+
+
+def expert_parameters(model: nn.Module, target_modules: list[str]) -> list[str]:
+    """Full names of the language model's fused expert weights that `target_modules` names.
+
+    transformers' MoE layers keep their experts as 3-D parameters (`experts.gate_up_proj`: every
+    expert's gate and up projections stacked; `experts.down_proj`), not `nn.Linear`s, so a module
+    target never reaches them: they are LoRA's `target_parameters`. `gate_proj` or `up_proj` adapts
+    the whole fused `gate_up_proj`. Routers (`gate.weight`) are never among them.
+    """
+    wanted = set(target_modules)
+    return [
+        f"{module_name}.{name}"
+        for module_name, module in model.named_modules()
+        if module_name.startswith("language_model.")
+        for name, parameter in module.named_parameters(recurse=False)
+        if parameter.ndim == 3 and wanted & set(FUSED_EXPERT_TARGETS.get(name, ()))
+    ]
+
+
+def router_modules(model: nn.Module) -> list[str]:
+    """Module names of the language model's routers: the `gate` beside each layer's `experts`."""
+    return [
+        f"{name}.gate"
+        for name, module in model.named_modules()
+        if name.startswith("language_model.")
+        and isinstance(getattr(module, "experts", None), nn.Module)
+        and isinstance(getattr(module, "gate", None), nn.Module)
+    ]
+
+
+def _empty_linears(model: nn.Module) -> list[str]:
+    """Zero-width linear layers (an upcycled Qwen2-MoE's shared expert): nothing for an adapter to adapt."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.startswith("language_model.") and isinstance(module, nn.Linear) and module.weight.numel() == 0
+    ]
+
+
 def apply_lora(model: LlavaKitForCausalLM, stage: StageConfig) -> nn.Module:
     """Wrap `model` with peft: LoRA adapters on the language model's `target_modules`.
 
     The connector (and the vision tower when `stage.train_vision`) trains whole and is saved
     with the adapter (`modules_to_save`), as LLaVA-1.5's LoRA recipe trains its projector.
+    An MoE language model gets adapters on its experts too (`expert_parameters`, one low-rank pair
+    per expert), none on its routers; the routers train whole instead (saved with the adapter): a
+    few thousand weights per layer, and an upcycled model's start as noise that must learn to route.
+    peft cannot apply dropout to expert weights, so those need `stage.lora.dropout=0`.
     """
     try:
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     except ImportError:
         raise ValueError("stage.lora.enabled needs peft: pip install 'llavakit[train]'") from None
     lora = stage.lora
+    experts = expert_parameters(model, lora.target_modules)
+    if experts and lora.dropout:
+        raise ValueError(
+            f"stage.lora.dropout={lora.dropout}: LoRA on the language model's experts (fused weights such as "
+            f"{experts[0]}) works without dropout only; set stage.lora.dropout=0, or leave gate_proj / up_proj / "
+            "down_proj out of stage.lora.target_modules to adapt attention only"
+        )
     if lora.quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     names = "|".join(sorted(lora.target_modules))
     keep = ["multi_modal_projector"] if stage.train_connector else []
     keep += ["vision_tower"] if stage.train_vision else []
+    keep += router_modules(model)
     if stage.train_connector and getattr(model, "image_newline", None) is not None:
         logger.warning(
             "with LoRA the image_newline vector stays frozen: it is a bare parameter, not a module peft saves"
@@ -325,6 +386,8 @@ def apply_lora(model: LlavaKitForCausalLM, stage: StageConfig) -> nn.Module:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=rf".*language_model\..*\.({names})",
+        target_parameters=experts or None,
+        exclude_modules=_empty_linears(model) or None,
         modules_to_save=keep or None,
         bias="none",
         task_type="CAUSAL_LM",
@@ -334,12 +397,15 @@ def apply_lora(model: LlavaKitForCausalLM, stage: StageConfig) -> nn.Module:
 
 __all__ = [
     "TRAINABLE_WEIGHTS_NAME",
+    "FUSED_EXPERT_TARGETS",
     "apply_lora",
     "build_model_and_processor",
     "check_trainable_weights",
+    "expert_parameters",
     "load_tokenizer",
     "load_trainable_weights",
     "read_trainable_weights",
+    "router_modules",
     "save_trainable_weights",
     "trainable_weights_file",
     "with_token_ids",
