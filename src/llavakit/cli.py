@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,20 +117,182 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from llavakit.eval.runner import evaluate_main
+    """Three forms: `eval score ...` (an answers file), `eval CKPT --task T --data ...` (a benchmark's
+    published files), `eval CKPT FILES...` (llavakit question files)."""
+    if args.model == "score":
+        return _eval_score(args)
+    if args.data is not None:
+        return _eval_benchmark(args)
+    return _eval_question_files(args)
 
+
+def _eval_question_files(args: argparse.Namespace) -> int:
+    from llavakit.errors import ConfigError
+    from llavakit.eval.runner import DEFAULT_MAX_NEW_TOKENS, evaluate_main
+
+    if args.model is None or not args.files:
+        from llavakit.eval.benchmarks import BENCHMARKS
+
+        if args.task in BENCHMARKS:
+            raise ConfigError(
+                f"--task {args.task}: give the benchmark's files with --data ({BENCHMARKS[args.task].data_help})"
+            )
+        raise ConfigError("give a checkpoint and question files (eval CKPT FILES...), or --task NAME --data PATH")
+    _refuse_options(args, ("predictions", "limit"), "question files")
+    _refuse_judge_options(args, "question files")
     return evaluate_main(
         args.model,
-        args.data,
+        args.files,
         image_folder=args.image_folder,
         output=args.output,
         batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens if args.max_new_tokens is not None else DEFAULT_MAX_NEW_TOKENS,
         task=args.task,
         on_bad_image="skip" if args.skip_bad_images else "error",
         overwrite=args.overwrite,
         **_load_options(args),
     )
+
+
+def _eval_benchmark(args: argparse.Namespace) -> int:
+    from llavakit.errors import ConfigError
+    from llavakit.eval.benchmark_main import benchmark_main
+
+    if args.model is None or args.files:
+        raise ConfigError("the benchmark form is `eval CKPT --task NAME --data PATH...`: no question files with --data")
+    _refuse_options(args, ("predictions",), "a checkpoint run (use `eval score` for an answers file)")
+    with _eval_judge(args) as judge:
+        return benchmark_main(
+            args.model,
+            _benchmark_task(args),
+            args.data,
+            image_folder=args.image_folder,
+            output=args.output,
+            overwrite=args.overwrite,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            skip_bad_images=args.skip_bad_images,
+            judge=judge,
+            **_load_options(args),
+        )
+
+
+def _eval_score(args: argparse.Namespace) -> int:
+    from llavakit.errors import ConfigError
+    from llavakit.eval.benchmark_main import score_main
+
+    if args.files or args.data is None or args.predictions is None:
+        raise ConfigError("the score form is `eval score --task NAME --data PATH... --predictions ANSWERS.jsonl`")
+    loading = [name for name in ("device", "dtype", "device_map", "max_new_tokens") if getattr(args, name) is not None]
+    if loading or args.load_in_4bit or args.load_in_8bit or args.overwrite or args.skip_bad_images:
+        raise ConfigError(
+            "`eval score` loads no model and writes no answers: leave out the loading options, --max-new-tokens, "
+            "--overwrite and --skip-bad-images"
+        )
+    with _eval_judge(args) as judge:
+        return score_main(
+            _benchmark_task(args),
+            args.data,
+            args.predictions,
+            image_folder=args.image_folder,
+            output=args.output,
+            limit=args.limit,
+            judge=judge,
+        )
+
+
+def _benchmark_task(args: argparse.Namespace) -> str:
+    from llavakit.errors import ConfigError
+    from llavakit.eval.benchmarks import BENCHMARKS, get_benchmark
+
+    if args.task is None:
+        raise ConfigError(f"--task is needed with --data: one of {', '.join(BENCHMARKS)}")
+    return get_benchmark(args.task).name
+
+
+def _refuse_options(args: argparse.Namespace, names: tuple[str, ...], form: str) -> None:
+    from llavakit.errors import ConfigError
+
+    given = ["--" + name.replace("_", "-") for name in names if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: not for {form}")
+
+
+def _refuse_judge_options(args: argparse.Namespace, form: str) -> None:
+    _refuse_options(args, tuple(name for name in vars(args) if name.startswith("judge_")), form)
+
+
+@contextmanager
+def _eval_judge(args: argparse.Namespace) -> Iterator[Any]:
+    """The LLM judge for llava_bench / mm_vet: `llavakit.synthetic.teacher`'s client (retries, deadline,
+    cache) behind the judge's `ask` function; None when no --judge-model is given."""
+    if args.judge_model is None:
+        _refuse_judge_options(args, "a run without --judge-model")
+        yield None
+        return
+    from llavakit.errors import ConfigError
+    from llavakit.eval.benchmarks import get_benchmark
+    from llavakit.eval.judge import Judge
+    from llavakit.synthetic.teacher import ChatClient, LLMConfig, ResponseCache
+
+    benchmark = get_benchmark(_benchmark_task(args))
+    if not benchmark.judged:
+        raise ConfigError(f"--judge-*: {benchmark.name} is scored without a judge (judged tasks: llava_bench, mm_vet)")
+    temperature = args.judge_temperature if args.judge_temperature is not None else benchmark.judge_temperature
+    config = LLMConfig(
+        model=args.judge_model,
+        base_url=args.judge_base_url,
+        api_key_env=args.judge_api_key_env or "OPENAI_API_KEY",
+        temperature=temperature,
+        max_tokens=1024,
+        timeout=args.judge_timeout or 120.0,
+        max_attempts=args.judge_max_attempts or 5,
+        base_delay=args.judge_base_delay if args.judge_base_delay is not None else 1.0,
+        max_concurrency=args.judge_max_concurrency or 4,
+    )
+    cache_dir = args.judge_cache_dir or (str(Path(args.output) / "judge_cache") if args.output else None)
+    try:
+        client = ChatClient(config, ResponseCache(cache_dir) if cache_dir else None)
+    except ImportError as error:
+        raise ConfigError(str(error)) from error
+    try:
+        yield Judge(
+            _judge_ask(client),
+            config.model,
+            config.max_concurrency,
+            args.judge_prompt_price,
+            args.judge_completion_price,
+        )
+    finally:
+        client.close()
+
+
+def _judge_ask(client: Any) -> Any:
+    """`ChatClient.complete` as the judge's `ask`: failed requests become `JudgeRequestError`, a refused key,
+    URL or model (HTTP 401/403/404) a one-line error."""
+    from llavakit.errors import ConfigError
+    from llavakit.eval.judge import JudgeReply, JudgeRequestError
+    from llavakit.synthetic.teacher import RequestFailed
+
+    def ask(messages: list[dict[str, str]]) -> JudgeReply:
+        try:
+            reply, usage = client.complete(messages)
+        except RequestFailed as error:
+            raise JudgeRequestError(str(error)) from error
+        except RuntimeError as error:
+            raise ConfigError(str(error)) from error
+        return JudgeReply(
+            reply.content,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.requests,
+            usage.retries,
+            usage.cache_hits,
+            reply.finish_reason == "length",
+        )
+
+    return ask
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -336,27 +500,62 @@ def _add_export(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
-    """`llavakit eval`: greedy answers to question files, scored."""
-    evaluation = commands.add_parser("eval", help="answer question files greedily; metrics, baselines, predictions")
-    evaluation.add_argument("model", help="local llavakit checkpoint folder")
-    evaluation.add_argument(
-        "data", nargs="+", help="question files (.jsonl / .json), e.g. eval_vqa.jsonl eval_pope.jsonl"
+    """`llavakit eval`: a benchmark from its published files, an answers file, or llavakit question files."""
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a benchmark (VQAv2, GQA, POPE, MMBench, MME, ...) or question files",
+        description="Three forms. (1) eval CKPT --task NAME --data PATH...: a benchmark read from the files its "
+        "authors publish, prompted and scored as LLaVA-1.5 evaluates it (tasks: vqav2, vizwiz, gqa, textvqa, pope, "
+        "scienceqa, mmbench, seed, mme, llava_bench, mm_vet; docs/evaluation.md). With --output the answers are "
+        "kept in LLaVA's answer format and a rerun resumes. (2) eval score --task NAME --data PATH... --predictions "
+        "FILE: score an answers file made elsewhere (the word score comes first; a checkpoint folder called score "
+        "is written ./score). (3) eval CKPT FILES...: llavakit's own question files (.jsonl), e.g. the synthetic "
+        "world's.",
     )
-    evaluation.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
+    evaluation.add_argument("model", nargs="?", help="local llavakit checkpoint folder, or the word score")
+    evaluation.add_argument("files", nargs="*", help="question files (.jsonl / .json), e.g. eval_vqa.jsonl")
     evaluation.add_argument(
-        "--output", help="new or empty folder for predictions_<set>.jsonl, results.json and results.md"
+        "--task",
+        help="benchmark with --data; with question files the scoring: vqa, exact, "
+        "counting, pope (default: by file name)",
+    )
+    evaluation.add_argument("--data", nargs="+", help="the benchmark's published files or folder (see --task)")
+    evaluation.add_argument("--predictions", help="eval score: the answers file (LLaVA's answer format, JSONL)")
+    evaluation.add_argument("--image-folder", help="root of the image paths (default: next to the data)")
+    evaluation.add_argument("--limit", type=int, help="only the first N questions of the benchmark")
+    evaluation.add_argument(
+        "--output",
+        help="benchmarks: folder for <task>_answers.jsonl (resumed when rerun), results, submission; question "
+        "files: new or empty folder for predictions_<set>.jsonl, results.json and results.md",
     )
     evaluation.add_argument(
-        "--overwrite", action="store_true", help="replace earlier results: empty a non-empty --output folder"
+        "--overwrite", action="store_true", help="replace earlier results (benchmarks: this task's files only)"
     )
     evaluation.add_argument("--batch-size", type=int, default=8)
-    evaluation.add_argument("--max-new-tokens", type=int, default=128)
-    evaluation.add_argument("--task", help="scoring for every file: vqa, exact, counting, pope (default: by file name)")
+    evaluation.add_argument(
+        "--max-new-tokens", type=int, help="default: 128, 1024 for llava_bench and mm_vet (open-ended answers)"
+    )
     evaluation.add_argument(
         "--skip-bad-images",
         action="store_true",
         help="leave out questions whose image is missing or broken (counted and reported) instead of stopping",
     )
+    judge = evaluation.add_argument_group("LLM judge (llava_bench, mm_vet): any OpenAI-compatible endpoint")
+    judge.add_argument("--judge-model", help="model name the endpoint serves, e.g. gpt-4o-mini")
+    judge.add_argument(
+        "--judge-base-url", help="e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, else OpenAI)"
+    )
+    judge.add_argument("--judge-api-key-env", help="environment variable holding the key (default: OPENAI_API_KEY)")
+    judge.add_argument("--judge-temperature", type=float, help="default: 0.2 for llava_bench, 0 for mm_vet")
+    judge.add_argument("--judge-max-concurrency", type=int, help="requests in flight (default: 4)")
+    judge.add_argument("--judge-max-attempts", type=int, help="HTTP attempts per request (default: 5)")
+    judge.add_argument(
+        "--judge-base-delay", type=float, help="first retry delay in seconds, doubled each time (default: 1)"
+    )
+    judge.add_argument("--judge-timeout", type=float, help="seconds per request (default: 120)")
+    judge.add_argument("--judge-prompt-price", type=float, help="price per million prompt tokens, for the cost line")
+    judge.add_argument("--judge-completion-price", type=float, help="price per million completion tokens")
+    judge.add_argument("--judge-cache-dir", help="request cache (default: judge_cache/ in --output)")
     _add_loading_options(evaluation)
     evaluation.set_defaults(run=_eval)
 

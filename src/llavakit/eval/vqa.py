@@ -139,3 +139,33 @@ def exact_match(prediction: str, answers: str | Sequence[str]) -> bool:
         raise ValueError("exact match needs at least one reference answer")
     predicted = normalize_answer(prediction)
     return any(predicted == normalize_answer(reference) for reference in references)
+
+
+# ---- EvalAI's answer processing (TextVQA's evaluator, the VQAv2 / VizWiz submission files) -------------
+
+
+def evalai_answer(text: str) -> str:
+    """An answer as EvalAI's processor (used by TextVQA's evaluation and by LLaVA for submission files) writes it.
+
+    The VQA normalisation (`normalize_answer`), preceded by EvalAI's word step: lower case, commas
+    and question marks deleted, "'s" split off as its own word (" 's").
+    """
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_answer(text)
+
+
+def textvqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """TextVQA accuracy: VQA accuracy with both the prediction and every human answer EvalAI-processed.
+
+    Mean over annotators i of min(#{j != i : answer_j == prediction} / 3, 1), as TextVQA's
+    evaluator (and LLaVA's `m4c_evaluator.py`) computes it.
+    """
+    if isinstance(answers, str) or len(answers) < 2:
+        raise ValueError(f"TextVQA accuracy needs the list of human answers, got {answers!r}")
+    predicted = evalai_answer(prediction)
+    references = [evalai_answer(answer) for answer in answers]
+    scores = []
+    for index in range(len(references)):
+        agreeing = sum(1 for other, answer in enumerate(references) if other != index and answer == predicted)
+        scores.append(min(1.0, agreeing / 3))
+    return sum(scores) / len(scores)
