@@ -517,9 +517,27 @@ def test_a_4_4_1_mixture_trains_and_a_resumed_run_draws_the_same_samples(tmp_pat
         assert a == pytest.approx(b, rel=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="train/run.make_dataset does not pass data.mixture_size to LlavaDataset yet")
 def test_mixture_size_reaches_the_training_dataset(tmp_path, processor):
     files = mm1_world(tmp_path / "world", 4)
     config = mixture_recipe(files, tmp_path / "out", "data.mixture_size=90")
     dataset = make_dataset(config.data, processor)
     assert len(dataset) == 90 and draw_counts(dataset) == {"captions": 40, "documents": 40, "text": 10}
+
+
+def test_text_only_batches_in_a_connector_only_stage_train_without_error(tmp_path):
+    """Text batches reach no trainable parameter while only the connector trains; the step still runs."""
+    files = mm1_world(tmp_path / "world", 8)
+    datasets = f"[{{path: {files[0]}}}, {{path: {files[2]}, format: text}}]"
+    config = tiny_recipe(
+        "pretrain",
+        files[0],
+        tmp_path / "out",
+        f"data.datasets={datasets}",
+        "data.group_by_modality=true",  # text-only samples come in batches of their own
+        "optimization.global_batch_size=4",
+        "optimization.per_device_batch_size=4",
+        "optimization.max_steps=3",
+        "output.plot=false",
+    )
+    result = run_training(config)
+    assert result.global_step == 3 and all(np.isfinite(loss) for _, loss in result.losses)

@@ -397,10 +397,6 @@ def test_upcycled_training_run_saves_an_moe(upcycled_run):
     assert not torch.equal(watch.after[router], watch.before[router])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LlavaKitTrainer.compute_loss does not log the model's aux_loss yet (the trainer change is pending)",
-)
 def test_balance_loss_is_logged_in_training(upcycled_run):
     _, logged, _ = upcycled_run
     training_logs = [entry for entry in logged.logs if "loss" in entry]

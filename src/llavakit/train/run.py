@@ -35,8 +35,9 @@ from transformers.utils import logging as transformers_logging
 from llavakit.data.batching import PackingCollator, PaddingCollator
 from llavakit.data.dataset import LlavaDataset
 from llavakit.data.records import DatasetSpec
+from llavakit.errors import ConfigError
 from llavakit.processing.processor import LlavaKitProcessor
-from llavakit.train.arguments import training_arguments, world_size_from_environment
+from llavakit.train.arguments import check_distributed, training_arguments, world_size_from_environment
 from llavakit.train.config import CONFIG_NAME, DataConfig, TrainConfig, load_config, save_run_config
 from llavakit.train.model_setup import (
     TRAINABLE_WEIGHTS_NAME,
@@ -97,7 +98,7 @@ def make_dataset(data: DataConfig, processor: LlavaKitProcessor) -> LlavaDataset
     if not data.datasets:
         raise ValueError("data.datasets is empty: list at least one LLaVA-format .json / .jsonl file")
     specs = [DatasetSpec(**dataclasses.asdict(spec)) for spec in data.datasets]
-    return LlavaDataset(specs, processor, data.max_length, seed=data.seed)
+    return LlavaDataset(specs, processor, data.max_length, seed=data.seed, mixture_size=data.mixture_size)
 
 
 def _use_quiet_progress(trainer: LlavaKitTrainer, show_bar: bool) -> None:
@@ -140,6 +141,18 @@ def _save_final_model(trainer: LlavaKitTrainer, config: TrainConfig) -> tuple[Pa
     return merged_dir, False
 
 
+def _release_deepspeed(trainer: LlavaKitTrainer) -> None:
+    """Run the DeepSpeed engine's teardown now that everything is saved (accelerate's `free_memory`).
+
+    ZeRO-3 keeps the model in DeepSpeed's own module state, and the model's hooks keep the
+    engine and its optimizer alive after the Trainer is gone; left alone, the engine's teardown
+    (hooks, optimizer buffers) would run only from its finalizer while the interpreter shuts
+    down, after the process groups are closed.
+    """
+    if trainer.is_deepspeed_enabled:
+        trainer.accelerator.free_memory()
+
+
 def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> LlavaKitTrainer:
     """The model (frozen per stage, LoRA-wrapped if asked), data and Trainer of a resolved config."""
     optim = config.optimization
@@ -165,7 +178,7 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         config=config,
     )
     if config.distributed.fsdp and not trainer.is_fsdp_enabled:
-        raise ValueError(
+        raise ConfigError(
             "distributed.fsdp=true, but accelerate did not turn FSDP on: it shards over GPUs only "
             "(launch with torchrun on a GPU machine), and plain DDP is what runs on CPUs"
         )
@@ -177,14 +190,15 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
     """Train as `config` says (resolving stage defaults first) and return what the run produced.
 
     `callbacks`: extra transformers `TrainerCallback`s (e.g. to stop early or watch the loss).
-    Before the model is built, the run folder, inputs and any checkpoint to resume are checked
-    (`run_folder.prepare_run`): a `LlavaKitError` names what is wrong (`ConfigError`,
-    `OutputExistsError`, `ResumeMismatchError`, `CheckpointError`, ...). Raises
-    `TooManyBadSamplesError` when too many samples were skipped as bad (the report is still
-    written to the run folder first).
+    Before the model is built, the scale-out settings (`arguments.check_distributed`), the run
+    folder, inputs and any checkpoint to resume are checked (`run_folder.prepare_run`): a
+    `LlavaKitError` names what is wrong (`ConfigError`, `OutputExistsError`, `ResumeMismatchError`,
+    `CheckpointError`, ...). Raises `TooManyBadSamplesError` when too many samples were skipped
+    as bad (the report is still written to the run folder first).
     """
     start = time.perf_counter()
     config = resolve_config(config)
+    check_distributed(config)  # FSDP without GPUs, DeepSpeed missing: refused before anything loads
     resume = prepare_run(config)
     trainer = build_trainer(config, callbacks)
     output = open_run_folder(config)
@@ -205,6 +219,7 @@ def run_training(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ())
         (output / LOSSES_NAME).write_text(json.dumps([[step, loss] for step, loss in losses]) + "\n")
         if config.output.plot:
             plot_loss_curve(losses, output / LOSS_PLOT_NAME, title=f"{config.stage.name} loss")
+    _release_deepspeed(trainer)
     return TrainResult(
         output_dir=output,
         model_path=model_path,
@@ -252,11 +267,23 @@ def train_main(config_path: str, overrides: list[str]) -> int:
 
 
 def _leave_process_group() -> None:
-    """Close the launcher's process group before exit: gloo left open can abort a rank at shutdown."""
+    """Close the launcher's process groups before exit, while the interpreter is still whole.
+
+    A gloo group still referenced when the interpreter shuts down can abort a rank (SIGABRT) as
+    its worker threads are torn down. DeepSpeed keeps a clone of the world group in its own module
+    state, which only its own teardown releases; a collection then frees, while the interpreter
+    is whole, what the finished run no longer references.
+    """
+    import gc
+
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    deepspeed_comm = sys.modules.get("deepspeed.comm")  # imported only by a DeepSpeed run
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()  # torch's groups, then DeepSpeed's references to them
+    elif dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
 
 
 if __name__ == "__main__":

@@ -14,13 +14,21 @@ The additions, each in one method:
   provably exceeded (of the samples the whole run draws: steps x global batch), and swaps a
   batch whose every sample was bad for a filler batch that contributes zero loss (every rank
   must still run forward and backward, or DDP / ZeRO would wait forever);
+* `compute_loss`: a batch no trainable part reaches (text only while only the connector
+  trains) still gets a loss with a gradient (zero), so backward runs on every rank; an MoE
+  language model's balance loss (already inside the loss) is kept and logged as `aux_loss`;
 * `_save_checkpoint`: writes `checkpoint-N` (with the run's `train_config.yaml` and skip
   report) into `.staging/` and renames it into place, so a run killed mid-save never leaves a
   half-written checkpoint for `resume` to pick;
 * `CurrentIntervals`: a resumed run saves and logs at the intervals of its own config, not
   the ones the checkpoint's `trainer_state.json` recorded;
 * `_save` / `_load_from_checkpoint`: when the language model is frozen (stage 1) only the
-  trainable weights are written (`trainable.safetensors`) and read back.
+  trainable weights are written (`trainable.safetensors`) and read back; under DeepSpeed
+  ZeRO-3, whose processes each hold a slice of every weight, `save_model` gathers just those
+  (all processes take part) instead of the whole model. A full model under ZeRO-3 is gathered
+  by the Trainer itself (`stage3_gather_16bit_weights_on_model_save`, which
+  `arguments.check_distributed` requires); a DeepSpeed run resumes through DeepSpeed's own
+  checkpoint (`global_stepN/` in `checkpoint-N`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from PIL import Image
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llavakit.data.batching import ModalityLengthGroupedSampler
@@ -101,7 +110,29 @@ class LlavaKitTrainer(Trainer):
         self.save_trainable_only = not config.stage.train_llm
         self._staging_root: str | None = None
         self._filler: dict[str, Any] | None = None
+        self._aux_losses: list[torch.Tensor] = []  # MoE balance losses since the last log
         self.add_callback(CurrentIntervals())
+
+    # ---- loss and logging ----------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The Trainer's loss, made differentiable when no trainable part reaches it; keeps an MoE's balance loss."""
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if not loss.requires_grad and model.training:
+            # Text only while only the connector trains: a zero that touches every trainable
+            # parameter, so backward runs and every DDP / ZeRO rank stays in step.
+            loss = loss + sum(parameter.sum() * 0.0 for parameter in model.parameters() if parameter.requires_grad)
+        aux_loss = outputs.get("aux_loss") if isinstance(outputs, Mapping) else None
+        if aux_loss is not None and model.training:
+            self._aux_losses.append(aux_loss.detach().float())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log, with the mean balance loss of an MoE language model since the last log."""
+        if "loss" in logs and self._aux_losses:
+            logs["aux_loss"] = nested_gather(torch.stack(self._aux_losses), self.args.parallel_mode).mean().item()
+            self._aux_losses.clear()
+        super().log(logs, start_time)
 
     # ---- optimizer and sampler ---------------------------------------------------------------
 
@@ -222,6 +253,32 @@ class LlavaKitTrainer(Trainer):
                 staging.rmdir()
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
+
+    def is_zero3(self) -> bool:
+        """Whether DeepSpeed partitions the parameters themselves (ZeRO stage 3) in this run."""
+        plugin = self.accelerator.state.deepspeed_plugin if self.is_deepspeed_enabled else None
+        return plugin is not None and plugin.zero_stage == 3
+
+    def gathered_trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, whole, on the saving process ({} elsewhere) under ZeRO-3.
+
+        A collective call: every process gathers the slices of the trainable parameters only,
+        so saving a stage-1 connector never assembles the frozen language model.
+        """
+        import deepspeed
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        named = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+        with deepspeed.zero.GatheredParameters([parameter for _, parameter in named]):
+            if not self.args.should_save:
+                return {}
+            return {name: parameter.detach().cpu().clone() for name, parameter in named}
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.save_trainable_only and self.is_zero3():
+            self._save(output_dir, state_dict=self.gathered_trainable_state_dict())
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.save_trainable_only:
