@@ -101,6 +101,32 @@ def tiny_recipe(stage: str, data: Path, out: Path, *overrides: str) -> TrainConf
     return load_config(CONFIGS / "tiny" / f"{stage}.yaml", recipe_overrides(data, out, *overrides))
 
 
+def varied_data(folder: Path, n: int = 32) -> Path:
+    """Images with answers of three lengths, so packing and length grouping have something to do."""
+    samples = [
+        Sample(
+            f"s{i}",
+            "<image>\nWhat is in the picture?",
+            "A red circle" + " next to a blue square" * (i % 3) + ".",
+            f"{i}.png",
+            (7 * i % 255, 200 - 5 * i, 90),
+        )
+        for i in range(n)
+    ]
+    return write_llava_data(folder, samples)
+
+
+class StopAfter(TrainerCallback):
+    """Stops training after `step` optimizer steps, as a crash after the save would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
 class WeightSnapshots(TrainerCallback):
     """The model's weights when training starts (`before`) and ends (`after`)."""
 

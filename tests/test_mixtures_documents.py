@@ -18,9 +18,8 @@ import pytest
 import torch
 from accelerate.data_loader import SeedableRandomSampler
 from PIL import Image
-from transformers import TrainerCallback
 
-from conftest import COLOURS, Sample, tiny_recipe, write_llava_data
+from conftest import COLOURS, Sample, StopAfter, tiny_recipe, write_llava_data
 from llavakit import LlavaKitForCausalLM
 from llavakit.data.batching import ModalityLengthGroupedSampler, PackingCollator, PaddingCollator
 from llavakit.data.check import check_data
@@ -468,15 +467,6 @@ def mixture_recipe(files: list[Path], out: Path, *overrides: str):
         "output.plot=false",
         *overrides,
     )
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 @pytest.fixture()

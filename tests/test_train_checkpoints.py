@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from conftest import Sample, tiny_recipe, write_llava_data
+from conftest import Sample, StopAfter, tiny_recipe, write_llava_data
 from llavakit.train.config import TrainConfig
 from llavakit.train.run import run_training
 from llavakit.train.trainer import LlavaKitTrainer, publish_folder
@@ -31,17 +30,6 @@ def shapes_data(folder: Path, n: int = 32) -> Path:
             colour = (10 * i % 255, 120, 30 * i % 255)
             samples.append(Sample(f"s{i}", "<image>\nDescribe the picture.", answer, f"{i}.png", colour))
     return write_llava_data(folder, samples)
-
-
-class StopAfter(TrainerCallback):
-    """Stops training after `step` optimizer steps, as a crash after the save would."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def config_for(stage: str, data: Path, out: Path, *overrides: str) -> TrainConfig:

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import llavakit.train.run as run_module
-from conftest import CONFIGS, Sample, recipe_overrides, tiny_recipe, write_llava_data
+from conftest import CONFIGS, recipe_overrides, tiny_recipe, varied_data
 from llavakit.errors import ConfigError
 from llavakit.model.checkpoint import load_checkpoint
 from llavakit.processing.processor import LlavaKitProcessor
@@ -37,21 +37,6 @@ SHARED = [
 ]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def small_data(folder: Path, n: int = 12) -> Path:
-    """Images with answers of three lengths (every sample is drawn once in 3 steps of 4)."""
-    samples = [
-        Sample(
-            f"s{i}",
-            "<image>\nWhat is in the picture?",
-            "A red circle" + " next to a blue square" * (i % 3) + ".",
-            f"{i}.png",
-            (7 * i % 255, 200 - 5 * i, 90),
-        )
-        for i in range(n)
-    ]
-    return write_llava_data(folder, samples)
 
 
 def torchrun_train(recipe: str, data: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -88,7 +73,7 @@ class OneProcess:
 def one_process(tmp_path_factory) -> OneProcess:
     pytest.importorskip("deepspeed")  # before the reference runs, which only the DeepSpeed runs need
     folder = tmp_path_factory.mktemp("one_process")
-    data = small_data(folder / "data")
+    data = varied_data(folder / "data", n=12)
     pretrain = run_training(tiny_recipe("pretrain", data, folder / "pretrain", *SHARED))
     connector = f"model.connector_weights={pretrain.model_path}"
     finetune = run_training(tiny_recipe("finetune", data, folder / "finetune", connector, *SHARED))
@@ -152,7 +137,7 @@ def test_fsdp_without_gpus_is_refused_before_the_model_is_built(tmp_path, monkey
         raise AssertionError("the model was built before the FSDP setting was checked")
 
     monkeypatch.setattr(run_module, "build_trainer", never)
-    data = small_data(tmp_path / "data", n=2)
+    data = varied_data(tmp_path / "data", n=2)
     config = tiny_recipe("finetune", data, tmp_path / "run", "model.connector_weights=null", "distributed.fsdp=true")
     with pytest.raises(ConfigError, match=r"distributed\.fsdp=true needs GPUs.*DeepSpeed") as refused:
         run_training(config)

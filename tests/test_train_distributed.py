@@ -12,28 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, Sample, recipe_overrides, tiny_recipe, write_llava_data
+from conftest import CONFIGS, recipe_overrides, tiny_recipe, varied_data
 from llavakit.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def varied_data(folder: Path, n: int = 32) -> Path:
-    """Images with answers of three lengths, so packing and length grouping have something to do."""
-    samples = [
-        Sample(
-            f"s{i}",
-            "<image>\nWhat is in the picture?",
-            "A red circle" + " next to a blue square" * (i % 3) + ".",
-            f"{i}.png",
-            (7 * i % 255, 200 - 5 * i, 90),
-        )
-        for i in range(n)
-    ]
-    return write_llava_data(folder, samples)
 
 
 @pytest.mark.slow
