@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llavakit.errors import LlavaKitError
+from llavakit.serve.command import add_serve_parser
 
 
 def _load_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -665,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LLAVAKIT_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_chat, _add_demo, _add_import, _add_export, _add_eval, _add_train, _add_data):
+    for add in (_add_chat, _add_demo, _add_import, _add_export, _add_eval, _add_train, _add_data, add_serve_parser):
         add(commands)
     return parser
 
