@@ -11,7 +11,10 @@
 - `metrics`: the tasks of llavakit's own question files (vqa, exact, counting, pope);
 - `questions`: those files and task inference; `baselines`: chance and majority accuracy;
 - `runner`: `evaluate`, `evaluate_files`, `evaluate_main` (`llavakit eval CKPT FILES...`);
-- `report`: rich and markdown tables of question-file results.
+- `report`: rich and markdown tables of question-file results;
+- `parallel`: several processes (torchrun) answer shards of a benchmark, process 0 merges and scores;
+- `lmms_eval_model`: llavakit checkpoints as an lmms-eval model (`--model llavakit`; the optional
+  `lmms-eval` extra, the only module that imports it).
 
 Import from the submodules (or `llavakit.evaluate`), so that loading one metric does not load torch.
 docs/evaluation.md says, per benchmark, which files to download, the command, and how it is scored.

@@ -15,8 +15,9 @@ its score) and, for VQAv2 / VizWiz, `<task>_submission.json` for the evaluation 
 Images are checked before the model loads: missing files are counted and reported, and stop the
 run unless `--skip-bad-images` (then they are left out and listed in the notes).
 
-For several processes: split `data.questions`, run `answer_questions` on each part into its own
-file, merge the answers by question id, and call `score_benchmark` once.
+Several processes (`torchrun` / `accelerate launch`) share the questions: see `llavakit.eval.parallel`.
+Each writes its answers to its own shard file, `DIR/<task>_answers.rank<r>.jsonl`, which rank 0 merges
+into `<task>_answers.jsonl` once all are done; a rerun merges the shards an interrupted run left.
 """
 
 from __future__ import annotations
@@ -62,9 +63,17 @@ class OutputFiles:
     def run(self) -> Path:
         return self.path("run.json")
 
+    def shard(self, rank: int) -> Path:
+        """Where process `rank` of a data-parallel run appends its answers until rank 0 merges them."""
+        return self.path(f"answers.rank{rank}.jsonl")
+
+    def shards(self) -> list[Path]:
+        """The shard files in the folder (left by a running or an interrupted data-parallel run)."""
+        return sorted(self.folder.glob(f"{self.task}_answers.rank*.jsonl"))
+
     def all(self) -> list[Path]:
         names = ("answers.jsonl", "run.json", "results.json", "results.md", "scored.jsonl", "submission.json")
-        return [self.path(name) for name in names]
+        return [self.path(name) for name in names] + self.shards()
 
 
 @dataclass
@@ -196,8 +205,9 @@ def run_settings(benchmark: Benchmark, model_path: str, data: BenchmarkData, max
 def check_resume(files: OutputFiles, settings: Mapping[str, Any]) -> None:
     """An earlier run of this task in the folder must have used the same settings."""
     if not files.run.is_file():
-        if files.answers.exists():
-            raise ConfigError(f"{files.answers} exists without {files.run.name}; pass --overwrite to start again")
+        for answers in [files.answers, *files.shards()]:
+            if answers.exists():
+                raise ConfigError(f"{answers} exists without {files.run.name}; pass --overwrite to start again")
         return
     try:
         earlier = json.loads(files.run.read_text(encoding="utf-8"))
