@@ -127,6 +127,23 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A saved tiny fixed-mode llavakit checkpoint (seed 0, vicuna_v1): what `llavakit eval` and friends load."""
+    from llavakit.model.modeling import LlavaKitForCausalLM
+    from llavakit.processing.processor import LlavaKitProcessor
+    from llavakit.tiny import tiny_llava_config
+
+    config = tiny_llava_config(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = LlavaKitForCausalLM(config).eval()
+    processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, template="vicuna_v1")
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny-llava"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
 class WeightSnapshots(TrainerCallback):
     """The model's weights when training starts (`before`) and ends (`after`)."""
 

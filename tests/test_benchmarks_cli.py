@@ -6,29 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from llavakit.cli import main
 from llavakit.eval.answers import read_answers
 from llavakit.eval.benchmarks import load_benchmark, score_benchmark
-from llavakit.model.modeling import LlavaKitForCausalLM
-from llavakit.processing.processor import LlavaKitProcessor
-from llavakit.tiny import tiny_llava_config
 
 ANSWER_KEYS = ["question_id", "prompt", "text", "answer_id", "model_id", "metadata"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_tokenizer):
-    config = tiny_llava_config(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    model = LlavaKitForCausalLM(config).eval()
-    processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, template="vicuna_v1")
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-llava"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture

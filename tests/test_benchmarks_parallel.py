@@ -12,15 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError
 from llavakit.eval.parallel import Ranks, check_parallel_placement, joined_ranks, rank_device
-from llavakit.model.modeling import LlavaKitForCausalLM
-from llavakit.processing.processor import LlavaKitProcessor
-from llavakit.tiny import tiny_llava_config
 
 ROOT = Path(__file__).resolve().parents[1]
 THINGS = [("dog", "yes"), ("cat", "no"), ("traffic light", "yes"), ("car", "no"), ("person", "yes")]
@@ -29,15 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_tokenizer):
-    config = tiny_llava_config(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    model = LlavaKitForCausalLM(config).eval()
-    processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, template="vicuna_v1")
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-llava"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture

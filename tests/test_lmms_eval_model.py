@@ -29,9 +29,7 @@ from llavakit.eval.lmms_eval_model import (
     register,
 )
 from llavakit.model.checkpoint import load_checkpoint
-from llavakit.model.modeling import LlavaKitForCausalLM
 from llavakit.processing.processor import LlavaKitProcessor
-from llavakit.tiny import tiny_llava_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,15 +44,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_tokenizer) -> Path:
-    config = tiny_llava_config(image_token_id=tiny_tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    model = LlavaKitForCausalLM(config).eval()
-    processor = LlavaKitProcessor.from_model_config(tiny_tokenizer, config, template="vicuna_v1")
-    folder = tmp_path_factory.mktemp("ckpt") / "tiny-llava"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
