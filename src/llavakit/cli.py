@@ -339,6 +339,12 @@ def _data_instruct(args: argparse.Namespace) -> int:
         for name in _TEACHER_OPTIONS
         if getattr(args, name) is not None and getattr(args, name) is not False
     }
+    if args.source == "coco":
+        return _data_instruct_coco(args, teacher)
+    if args.captions or args.instances or args.image_prefix:
+        raise ConfigError("--captions, --instances, --image-prefix: only for --source coco")
+    if not args.world:
+        raise ConfigError("give the world folder written by `llavakit data synth` (or --source coco)")
     if args.backend == "offline":
         if teacher:
             flags = ", ".join("--" + name.replace("_", "-") for name in teacher)
@@ -371,6 +377,37 @@ def _data_instruct(args: argparse.Namespace) -> int:
         return 2
 
 
+def _data_instruct_coco(args: argparse.Namespace, teacher: dict) -> int:
+    from llavakit.errors import ConfigError
+
+    if args.backend != "openai":
+        raise ConfigError("--source coco needs an LLM teacher: --backend openai")
+    if not args.captions:
+        raise ConfigError("--source coco needs --captions (e.g. captions_train2017.json)")
+    if args.world or args.overwrite:
+        raise ConfigError("--source coco takes no world folder and no --overwrite (it appends and resumes)")
+    from llavakit.synthetic.coco import generate_coco_main
+
+    if teacher.get("max_tokens") == 0:
+        teacher["max_tokens"] = None  # no limit sent
+    try:
+        return generate_coco_main(
+            args.captions,
+            args.instances,
+            args.output,
+            teacher.pop("kinds", []),
+            teacher.pop("limit", None),
+            args.seed,
+            teacher.pop("base_url", None),
+            teacher.pop("model", None),
+            args.image_prefix or "",
+            **teacher,
+        )
+    except (ImportError, RuntimeError) as error:
+        print(f"llavakit data instruct: error: {error}", file=sys.stderr)
+        return 2
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from llavakit.data.check import check_data, load_processor
     from llavakit.data.records import DatasetSpec
@@ -382,12 +419,48 @@ def _data_check(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-length must be at least 1, got {args.max_length}")
     processor = load_processor(args.processor) if args.processor else None
     specs = [
-        DatasetSpec(path, image_folder=args.image_folder, allow_outside_paths=args.allow_outside_paths)
+        DatasetSpec(
+            path,
+            image_folder=args.image_folder,
+            allow_outside_paths=args.allow_outside_paths,
+            source=args.source,
+            columns=_data_columns(args.column),
+        )
         for path in args.data
     ]
     report = check_data(specs, processor, args.max_length)
     print(report.render())
     return 1 if report.num_bad else 0
+
+
+def _data_columns(pairs: list[str] | None) -> dict[str, str] | None:
+    """`--column FIELD=COLUMN` options as the hf source's column mapping."""
+    from llavakit.errors import ConfigError
+
+    if not pairs:
+        return None
+    bad = [pair for pair in pairs if "=" not in pair or not all(pair.split("=", 1))]
+    if bad:
+        raise ConfigError(f"--column takes FIELD=COLUMN (e.g. conversations=messages), got {', '.join(bad)}")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _data_convert(args: argparse.Namespace) -> int:
+    from llavakit.data.convert import convert_dataset
+    from llavakit.data.records import DatasetSpec
+    from llavakit.errors import ConfigError
+    from llavakit.output_paths import check_output_dir, prepare_output_dir
+
+    if args.per_file < 1:
+        raise ConfigError(f"--per-file must be at least 1, got {args.per_file}")
+    spec = DatasetSpec(args.src, image_folder=args.image_folder, source=args.source, columns=_data_columns(args.column))
+    inputs = [("the source", args.src)] + ([("the image folder", args.image_folder)] if args.image_folder else [])
+    check_output_dir(args.out, args.overwrite, inputs)  # before anything is read or written
+    out = prepare_output_dir(args.out, args.overwrite, "convert output folder")
+    summary = convert_dataset(spec, out, args.format, args.per_file)
+    for line in summary.lines():
+        print(line)
+    return 1 if summary.skipped or summary.missing_images else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -508,7 +581,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         description="Three forms. (1) eval CKPT --task NAME --data PATH...: a benchmark read from the files its "
         "authors publish, prompted and scored as LLaVA-1.5 evaluates it (tasks: vqav2, vizwiz, gqa, textvqa, pope, "
         "scienceqa, mmbench, seed, mme, llava_bench, mm_vet; docs/evaluation.md). With --output the answers are "
-        "kept in LLaVA's answer format and a rerun resumes. (2) eval score --task NAME --data PATH... --predictions "
+        "kept in LLaVA's answer format and a rerun resumes; under torchrun or accelerate launch the processes share "
+        "the questions and rank 0 merges and scores. (2) eval score --task NAME --data PATH... --predictions "
         "FILE: score an answers file made elsewhere (the word score comes first; a checkpoint folder called score "
         "is written ./score). (3) eval CKPT FILES...: llavakit's own question files (.jsonl), e.g. the synthetic "
         "world's.",
@@ -585,7 +659,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     """`llavakit data`: make and check LLaVA-format data."""
     data = commands.add_parser("data", help="make and check LLaVA-format data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    for add in (_add_data_synth, _add_data_instruct, _add_data_check):
+    for add in (_add_data_synth, _add_data_instruct, _add_data_check, _add_data_convert):
         add(data_commands)
 
 
@@ -606,14 +680,22 @@ def _add_data_instruct(data_commands: argparse._SubParsersAction) -> None:
     """`llavakit data instruct`: instruction data, offline or from an LLM teacher."""
     instruct = data_commands.add_parser(
         "instruct",
-        help="instruction data from a synthetic world: offline templates, or an LLM teacher",
+        help="instruction data from a synthetic world (offline templates, or an LLM teacher) or COCO annotations",
         description="--backend offline (default) writes pretrain.json, instruct.json and eval_*.jsonl from "
         "templates. --backend openai asks any OpenAI-compatible chat endpoint for LLaVA's conversation, "
-        "detail and reasoning samples and appends them to instruct_llm.jsonl (cached, resumable); "
-        "see docs/instruct.md.",
+        "detail and reasoning samples and appends them to instruct_llm.jsonl (cached, resumable). "
+        "--source coco --captions ... --instances ... does the same from COCO captions and boxes into "
+        "instruct_coco.jsonl; see docs/instruct.md.",
     )
-    instruct.add_argument("world", help="folder written by `llavakit data synth`")
-    instruct.add_argument("--output", help="default: the world folder")
+    instruct.add_argument("world", nargs="?", help="folder written by `llavakit data synth` (--source synth)")
+    instruct.add_argument("--output", help="default: the world folder (coco: the captions file's folder)")
+    instruct.add_argument(
+        "--source", choices=("synth", "coco"), default="synth", help="coco: LLaVA's recipe on COCO annotations"
+    )
+    coco = instruct.add_argument_group("--source coco")
+    coco.add_argument("--captions", help="COCO captions file, e.g. captions_train2017.json")
+    coco.add_argument("--instances", help="COCO instances file (boxes), e.g. instances_train2017.json")
+    coco.add_argument("--image-prefix", help="put before each file name in the samples, e.g. coco/train2017/")
     instruct.add_argument(
         "--overwrite", action="store_true", help="offline: replace pretrain.json, instruct.json, eval_*.jsonl there"
     )
@@ -650,7 +732,16 @@ def _add_data_instruct(data_commands: argparse._SubParsersAction) -> None:
 def _add_data_check(data_commands: argparse._SubParsersAction) -> None:
     """`llavakit data check`: counts and bad samples of a dataset."""
     check = data_commands.add_parser("check", help="count samples, images, tokens; list every bad sample")
-    check.add_argument("data", nargs="+", help="LLaVA-format .json or .jsonl files")
+    check.add_argument(
+        "data", nargs="+", help="LLaVA-format .json/.jsonl files, parquet/arrow folders (hf) or tar shards"
+    )
+    check.add_argument("--source", choices=("llava", "hf", "shards"), help="default: by path (docs/data.md)")
+    check.add_argument(
+        "--column",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="hf source: LLaVA field = column, e.g. conversations=messages (repeat for each field)",
+    )
     check.add_argument("--image-folder", help="root of the image paths (default: each file's folder)")
     check.add_argument("--processor", help="processor or checkpoint folder: enables token counts and length checks")
     check.add_argument("--max-length", type=int, default=None, help="longest sample in tokens (needs --processor)")
@@ -660,6 +751,30 @@ def _add_data_check(data_commands: argparse._SubParsersAction) -> None:
         help="accept absolute image paths and paths with '..' (default: such a sample is bad, unsafe path)",
     )
     check.set_defaults(run=_data_check)
+
+
+def _add_data_convert(data_commands: argparse._SubParsersAction) -> None:
+    """`llavakit data convert`: a dataset between LLaVA JSON + folder, parquet and tar shards."""
+    convert = data_commands.add_parser(
+        "convert",
+        help="convert a dataset between LLaVA JSON + image folder, parquet and tar shards",
+        description="Reads SRC as training would (source by path, or --source) and writes it to the folder OUT "
+        "with its records and image bytes unchanged; see docs/data.md.",
+    )
+    convert.add_argument("src", help="a .json/.jsonl file, a parquet/arrow folder, a .tar shard or a folder of them")
+    convert.add_argument("out", help="output folder (must be empty unless --overwrite)")
+    convert.add_argument("--format", choices=("llava", "parquet", "shards"), required=True)
+    convert.add_argument("--source", choices=("llava", "hf", "shards"), help="SRC's source (default: by path)")
+    convert.add_argument("--image-folder", help="root of SRC's image paths (default: SRC's folder)")
+    convert.add_argument(
+        "--column",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="hf source: LLaVA field = column, e.g. conversations=messages (repeat for each field)",
+    )
+    convert.add_argument("--per-file", type=int, default=1000, help="samples per parquet file or tar shard")
+    convert.add_argument("--overwrite", action="store_true", help="empty a non-empty OUT and write there")
+    convert.set_defaults(run=_data_convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

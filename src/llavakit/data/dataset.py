@@ -23,10 +23,11 @@ read image headers at most. docs/data.md has the formats and the mixture rules w
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,13 +37,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from llavakit.data.formats import encode_dataset_sample, record_format, record_words, visual_count, visual_paths
+from llavakit.data.index import CompactStrings, MixtureEntries, MixtureEntry
 from llavakit.data.records import (
+    EMBEDDED_IMAGES_KEY,
     LOAD_ERROR_KEY,
     BadSampleError,
     DatasetSpec,
-    load_records,
     sample_id_of,
 )
+from llavakit.data.sources import load_source_records
 from llavakit.errors import ConfigError
 from llavakit.processing.processor import LlavaKitProcessor
 
@@ -93,7 +96,7 @@ def _orientation(image: Image.Image) -> int:
     return int(tags.get(_EXIF_ORIENTATION, 1))
 
 
-def image_header_size(path: str | Path) -> tuple[int, int] | None:
+def image_header_size(path: str | Path | io.BytesIO) -> tuple[int, int] | None:
     """An image's (height, width) as `load_image` will give it (EXIF rotation applied), read from
     its header only: PIL opens files lazily, so no pixel is decoded. None when unreadable."""
     try:
@@ -105,10 +108,10 @@ def image_header_size(path: str | Path) -> tuple[int, int] | None:
     return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
 
 
-def _image_tokens(processor: LlavaKitProcessor, path: Path, base_only: bool) -> int:
+def _image_tokens(processor: LlavaKitProcessor, path: Path, base_only: bool, embedded: bytes | None = None) -> int:
     if processor.highres is None or base_only:
         return processor.image_token_count(base_only=True)
-    size = image_header_size(path)
+    size = image_header_size(path if embedded is None else io.BytesIO(embedded))
     return processor.image_token_count(size) if size is not None else processor.image_token_count(base_only=True)
 
 
@@ -134,7 +137,12 @@ def estimate_visual_tokens(
         return 0
     highres = processor.highres
     base_only = highres is not None and highres.multi_image_base_only and len(images) > 1
-    tokens = sum(_image_tokens(processor, path, base_only) for path in images)
+    embedded = record.get(EMBEDDED_IMAGES_KEY) if isinstance(record, Mapping) else None
+    header = embedded is not None and highres is not None and not base_only  # bytes are read only when needed
+    tokens = sum(
+        _image_tokens(processor, path, base_only, embedded.image_bytes(i) if header else None)
+        for i, path in enumerate(images)
+    )
     if videos:
         video = processor.video
         per_video = video.num_tokens(video.sampling.max_frames) if video is not None else processor.num_image_tokens
@@ -145,27 +153,19 @@ def estimate_visual_tokens(
 # ---- the mixture ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MixtureEntry:
-    """One record of a mixture: which dataset it came from and its sample id."""
-
-    spec_index: int
-    sample_id: str
-    record: Any
-
-
 @dataclass
 class Mixture:
     """A mixture's records and its epoch's draws.
 
-    `entries`: the records of every dataset after `fraction`, in dataset and file order;
+    `entries`: the records of every dataset after `fraction`, in dataset and file order (a
+    compact `MixtureEntries`: records are read from their source when an entry is taken);
     `totals`: each dataset's record count before `fraction`; `draws`: the entries one epoch
     draws, as indices into `entries` (each dataset's draws together, in file order; the sampler
     shuffles them); `weighted`: whether weights or a size made the draws; `duplicate_ids`: the
     sample ids that repeat within a dataset, (dataset name, id, times), in file order.
     """
 
-    entries: list[MixtureEntry]
+    entries: MixtureEntries
     totals: list[int]
     duplicate_ids: list[tuple[str, str, int]] = field(default_factory=list)
     draws: list[int] = field(default_factory=list)
@@ -173,16 +173,13 @@ class Mixture:
 
     def pool_sizes(self, datasets: int) -> list[int]:
         """Records per dataset after `fraction`: what the draws are made from."""
-        sizes = [0] * datasets
-        for entry in self.entries:
-            sizes[entry.spec_index] += 1
-        return sizes
+        return self.entries.pool_sizes(datasets)
 
     def draw_counts(self, datasets: int) -> list[int]:
         """Draws per dataset in one epoch."""
         counts = [0] * datasets
         for index in self.draws:
-            counts[self.entries[index].spec_index] += 1
+            counts[self.entries.spec_index(index)] += 1
         return counts
 
     def composition(self, names: Sequence[str]) -> str:
@@ -280,14 +277,14 @@ def read_mixture(specs: Sequence[DatasetSpec], seed: int, mixture_size: int | No
         raise ConfigError("a dataset mixture needs at least one DatasetSpec")
     _check_mixture_size(mixture_size)
     weights = mixture_weights(specs)
-    mixture = Mixture([], [])
+    mixture = Mixture(MixtureEntries(), [])
     for index, spec in enumerate(specs):
-        records = load_records(spec)
+        records = load_source_records(spec)
+        ids, repeated = _sample_ids(records, spec.name)
         mixture.totals.append(len(records))
-        mixture.duplicate_ids += [(spec.name, sample_id, times) for sample_id, times in _repeated_ids(records)]
-        numbered = [(sample_id_of(r, f"{spec.name}#{i}"), r) for i, r in enumerate(records)]
-        kept = downsample(numbered, float(spec.fraction), seed=_dataset_seed(seed, index))
-        mixture.entries += [MixtureEntry(index, sample_id, record) for sample_id, record in kept]
+        mixture.duplicate_ids += [(spec.name, sample_id, times) for sample_id, times in repeated]
+        kept = downsample(range(len(records)), float(spec.fraction), seed=_dataset_seed(seed, index))
+        mixture.entries.add(records, kept, ids)
     mixture.weighted = weights is not None or mixture_size is not None
     if not mixture.weighted:
         mixture.draws = list(range(len(mixture.entries)))
@@ -300,10 +297,20 @@ def read_mixture(specs: Sequence[DatasetSpec], seed: int, mixture_size: int | No
     return mixture
 
 
-def _repeated_ids(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
-    """Ids that records give themselves more than once (load-error markers aside), in file order."""
-    ids = Counter(sample_id_of(r, "") for r in records if r.get("id") is not None and LOAD_ERROR_KEY not in r)
-    return [(sample_id, times) for sample_id, times in ids.items() if times > 1]
+def _sample_ids(records: Sequence[Mapping[str, Any]], name: str) -> tuple[CompactStrings, list[tuple[str, int]]]:
+    """Every record's sample id (its own, else `name#position`), and the ids that records give themselves
+    more than once (load-error markers aside), in file order; one pass, one record parsed at a time."""
+    counts: Counter = Counter()
+
+    def ids() -> Iterator[bytes]:
+        for position, record in enumerate(records):
+            sample_id = sample_id_of(record, f"{name}#{position}")
+            if record.get("id") is not None and LOAD_ERROR_KEY not in record:
+                counts[sample_id] += 1
+            yield sample_id.encode("utf-8", "surrogatepass")
+
+    compact = CompactStrings.build(ids())
+    return compact, [(sample_id, times) for sample_id, times in counts.items() if times > 1]
 
 
 def _dataset_seed(seed: int, index: int) -> int:
@@ -355,10 +362,10 @@ class LlavaDataset(Dataset):
         return self._entries[self._draws[index]]
 
     def sample_id(self, index: int) -> str:
-        return self._entry(index).sample_id
+        return self._entries.sample_id(self._draws[index])
 
     def dataset_name(self, index: int) -> str:
-        return self.specs[self._entry(index).spec_index].name
+        return self.specs[self._entries.spec_index(self._draws[index])].name
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self._entry(index)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from llavakit.data.records import (
+    EMBEDDED_IMAGES_KEY,
     BadSampleError,
     DatasetSpec,
     check_loaded,
@@ -236,7 +237,8 @@ def _encode_document(
     check_unicode(record)
     document = document_of(record, fmt)
     _check_placeholders(document, processor)
-    images = load_images(folder_paths(document.images, "image", spec.images_root, spec.allow_outside_paths))
+    paths = folder_paths(document.images, "image", spec.images_root, spec.allow_outside_paths)
+    images = load_images(paths, record.get(EMBEDDED_IMAGES_KEY))
     if processor is None:
         return EncodedSample(fmt, {}, len(images))
     try:

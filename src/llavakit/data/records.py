@@ -64,12 +64,18 @@ from llavakit.processing.video import FrameSampling, load_video
 # is kept in its place as {"id": ..., LOAD_ERROR_KEY: reason}, so it is counted and reported
 # like any other bad sample instead of vanishing at load time.
 LOAD_ERROR_KEY = "_load_error"
+# A record read from a source that carries its images (a parquet column of bytes, a tar shard's
+# members) holds under this key an object with `image_bytes(position) -> bytes | None`: the
+# bytes of its `position`-th image, or None to read the named file from the image folder.
+EMBEDDED_IMAGES_KEY = "_embedded_images"
 
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 VIDEO_PLACEHOLDER = "<video>"
 
 # What a dataset's records are (`DatasetSpec.format`; None: detected per record, see `llavakit.data.formats`).
 FORMATS = ("conversation", "interleaved", "text")
+# Where a dataset's records come from (`DatasetSpec.source`; None: by path, see `llavakit.data.sources`).
+SOURCES = ("llava", "hf", "shards")
 
 
 class BadSampleError(ValueError):
@@ -84,7 +90,8 @@ class BadSampleError(ValueError):
 class DatasetSpec:
     """One dataset of a mixture.
 
-    `image_folder`: where relative image paths start (default: the data file's folder).
+    `image_folder`: where relative image paths start (default: the data file's folder, or the
+    dataset's folder when it is one); images a source embeds are read from it instead.
     `video_folder`: where relative video paths start (default: the image folder).
     `fraction`: share of the records kept, drawn at random without replacement (seeded by the
     dataset's seed and position in the mixture), file order preserved.
@@ -97,6 +104,9 @@ class DatasetSpec:
     `name`: how reports call the dataset (default: the file name without extension).
     `allow_outside_paths`: accept absolute image and video paths and paths with `..` parts
     (off: such a sample is a bad sample, `unsafe path`).
+    `source`: `llava` (JSON/JSONL), `hf` (a Hugging Face dataset: parquet/arrow folder or hub
+    name) or `shards` (webdataset tar shards); null: by path (`llavakit.data.sources`).
+    `columns`: for `hf`, LLaVA field -> column name (e.g. `{conversations: messages, image: images}`).
     """
 
     path: str | Path
@@ -108,6 +118,8 @@ class DatasetSpec:
     allow_outside_paths: bool = False
     weight: float | None = None
     format: str | None = None
+    source: str | None = None
+    columns: dict[str, str] | None = None
 
     def __post_init__(self):
         if not 0.0 < float(self.fraction) <= 1.0:
@@ -118,12 +130,23 @@ class DatasetSpec:
             raise ConfigError(
                 f"dataset {self.path}: format must be one of {', '.join(FORMATS)}, or None, got {self.format!r}"
             )
+        if self.source is not None and self.source not in SOURCES:
+            raise ConfigError(
+                f"dataset {self.path}: source must be one of {', '.join(SOURCES)}, or None, got {self.source!r}"
+            )
+        if self.columns is not None and not (
+            isinstance(self.columns, Mapping) and all(isinstance(v, str) for v in self.columns.values())
+        ):
+            raise ConfigError(f"dataset {self.path}: columns must map LLaVA fields to columns, got {self.columns!r}")
         if self.name is None:
-            self.name = Path(self.path).stem
+            self.name = Path(str(self.path).rstrip("/")).stem
 
     @property
     def images_root(self) -> Path:
-        return Path(self.image_folder) if self.image_folder is not None else Path(self.path).parent
+        if self.image_folder is not None:
+            return Path(self.image_folder)
+        path = Path(self.path)
+        return path if path.is_dir() else path.parent  # a folder source (parquet, shards) holds its images
 
     @property
     def videos_root(self) -> Path:
@@ -142,20 +165,25 @@ def load_records(spec: DatasetSpec) -> list[dict[str, Any]]:
     `{"id": "<file name>:<line or item>", LOAD_ERROR_KEY: reason}`, which validation reports
     as a bad sample, so one broken line never stops a run and is never silently dropped either.
     """
+    records = list(iter_records(spec))
+    if not records:
+        raise DataError(f"dataset file {spec.path} holds no records")
+    return records
+
+
+def iter_records(spec: DatasetSpec) -> Iterator[dict[str, Any]]:
+    """The records of `spec.path` one at a time (see `load_records`); a `.json` list is parsed item by
+    item, so a compact index (`llavakit.data.index`) never holds the whole file parsed at once."""
     path = Path(spec.path)
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist" if not path.exists() else f"dataset {path} is not a file")
     if spec.image_folder is not None and not Path(spec.image_folder).is_dir():
         raise DataError(f"image folder {spec.image_folder} of dataset {path} is not a folder")
     if path.suffix == ".jsonl":
-        records = list(_jsonl_records(path))
-    elif path.suffix == ".json":
-        records = _json_records(path)
-    else:
-        raise DataError(f"dataset file {path} must end in .json (a list) or .jsonl (one record per line)")
-    if not records:
-        raise DataError(f"dataset file {path} holds no records")
-    return records
+        return _jsonl_records(path)
+    if path.suffix == ".json":
+        return _json_records(path)
+    raise DataError(f"dataset file {path} must end in .json (a list) or .jsonl (one record per line)")
 
 
 def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -174,15 +202,66 @@ def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
             yield _object_or_marker(record, f"{path.name}:{number}", where)
 
 
-def _json_records(path: Path) -> list[dict[str, Any]]:
-    """The items of a `.json` list, each a record or a load-error marker."""
+def _json_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The items of a `.json` list, each a record or a load-error marker, parsed one by one."""
     try:
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"dataset file {path} is not valid JSON: {_json_problem(error)}") from None
+    done = 0
+    try:
+        for item in _list_items(text):
+            yield _object_or_marker(item, f"{path.name}[{done}]", f"item {done} of {path}")
+            done += 1
+    except ValueError:  # not a well-formed list: the whole-text parse names the problem
+        rest = _whole_list(text, path)[done:]
+        for i, item in enumerate(rest, start=done):
+            yield _object_or_marker(item, f"{path.name}[{i}]", f"item {i} of {path}")
+
+
+def _whole_list(text: str, path: Path) -> list[Any]:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
         raise DataError(f"dataset file {path} is not valid JSON: {_json_problem(error)}") from None
     if not isinstance(data, list):
         raise DataError(f"dataset file {path} must hold a JSON list of records, got {type(data).__name__}")
-    return [_object_or_marker(item, f"{path.name}[{i}]", f"item {i} of {path}") for i, item in enumerate(data)]
+    return data
+
+
+def _list_items(text: str) -> Iterator[Any]:
+    """A JSON list's items, each parsed on its own (never the whole list at once); `ValueError` when the
+    text is not one well-formed list."""
+    decoder = json.JSONDecoder()
+    index = _skip_space(text, 0)
+    if text[index : index + 1] != "[":
+        raise ValueError("not a list")
+    index = _skip_space(text, index + 1)
+    if text[index : index + 1] == "]":
+        index += 1
+    else:
+        while True:
+            try:
+                item, index = decoder.raw_decode(text, index)
+            except (json.JSONDecodeError, RecursionError):
+                raise ValueError("malformed item") from None
+            yield item
+            index = _skip_space(text, index)
+            separator = text[index : index + 1]
+            index = _skip_space(text, index + 1)
+            if separator == "]":
+                break
+            if separator != ",":
+                raise ValueError("expected , or ]")
+    if _skip_space(text, index) != len(text):
+        raise ValueError("text after the list")
+
+
+def _skip_space(text: str, index: int) -> int:
+    """The first position at or after `index` that is not JSON whitespace."""
+    while index < len(text) and text[index] in " \t\n\r":
+        index += 1
+    return index
 
 
 def _json_problem(error: Exception) -> str:
@@ -337,10 +416,21 @@ def _checked_conversation(record: Any, response_format_prompt: str | None) -> li
     return add_response_format_prompt(conversation, response_format_prompt)
 
 
-def load_images(paths: list[Path]) -> list[Image.Image]:
-    """The images decoded, or the first file's problem as `missing image` / `corrupt image`."""
+def load_images(paths: list[Path], embedded: Any = None) -> list[Image.Image]:
+    """The images decoded, or the first file's problem as `missing image` / `corrupt image`.
+
+    `embedded`: the record's `EMBEDDED_IMAGES_KEY` value; an image it holds bytes for is decoded
+    from them, the others are read from their paths.
+    """
     images = []
-    for path in paths:
+    for position, path in enumerate(paths):
+        data = embedded.image_bytes(position) if embedded is not None else None
+        if data is not None:
+            try:
+                images.append(load_image(data, name=f"{path.name} (embedded)"))
+            except ValueError as error:
+                raise BadSampleError("corrupt image", str(error)) from None
+            continue
         if not path.is_file():
             raise BadSampleError("missing image", f"{path} does not exist")
         try:
@@ -411,7 +501,7 @@ def encode_record(
     paths = image_paths(record, image_folder, allow_outside_paths)
     clips = video_paths(record, image_folder if video_folder is None else video_folder, allow_outside_paths)
     _check_placeholders(turn_texts(conversation), len(paths), len(clips), processor)
-    images = load_images(paths)
+    images = load_images(paths, record.get(EMBEDDED_IMAGES_KEY))
     sampling = processor.video.sampling if _has_video_layout(processor) else FrameSampling()
     videos = _load_videos(clips, sampling)
     if processor is None:

@@ -59,7 +59,7 @@ from llavakit.synthetic.prompts import (
     parse_reply,
     retry_messages,
 )
-from llavakit.synthetic.world import Scene, load_scenes
+from llavakit.synthetic.world import load_scenes
 
 OUTPUT_NAME = "instruct_llm.jsonl"
 CACHE_NAME = "llm_cache"
@@ -374,11 +374,21 @@ def _turns(kind: str, reply: Reply) -> list[tuple[str, str]]:
     return parse_reply(kind, reply.content)
 
 
-def make_sample(chat: ChatClient, scene: Scene, kind: str, seed: int) -> SampleResult:
-    """Ask for one (scene, kind) sample; a reply that does not parse is retried once with the reason."""
+# What the teacher is asked about a subject (a synthetic scene, a COCO image): kind, subject -> messages.
+MessageBuilder = Callable[[str, Any], list[dict[str, str]]]
+
+
+def make_sample(
+    chat: ChatClient, scene: Any, kind: str, seed: int, messages_for: MessageBuilder = build_messages
+) -> SampleResult:
+    """Ask for one (subject, kind) sample; a reply that does not parse is retried once with the reason.
+
+    `scene`: anything with an `id` and an `image` path (a `Scene`, a `CocoImage`); `messages_for`
+    writes its request.
+    """
     sample_id = f"{scene.id}-{kind}"
     usage = Usage()
-    messages = build_messages(kind, scene)
+    messages = messages_for(kind, scene)
     try:
         reply, spent = chat.complete(messages)
         usage.add(spent)
@@ -479,7 +489,7 @@ def done_ids(path: Path) -> set[str]:
 
 
 def generate(
-    scenes: Sequence[Scene],
+    scenes: Sequence[Any],
     output: str | Path,
     config: LLMConfig,
     kinds: Sequence[str] = LLM_KINDS,
@@ -488,8 +498,12 @@ def generate(
     use_cache: bool = True,
     refresh: bool = False,
     progress: bool | None = None,
+    messages_for: MessageBuilder = build_messages,
 ) -> GenerationReport:
     """Write one sample per (scene, kind) not yet in `output` (JSONL); see the module docstring.
+
+    `scenes`: synthetic scenes, or any subjects with distinct `id`s and `image` paths that
+    `messages_for` turns into requests (`llavakit.synthetic.coco`).
 
     `cache_dir` defaults to `llm_cache/` next to the output; `use_cache` False neither reads
     nor writes it, `refresh` True only skips reading it. `progress` None shows the bar only
@@ -512,7 +526,7 @@ def generate(
     chat = ChatClient(config, cache, refresh) if todo else None
     try:
         if chat is not None:
-            _run(chat, todo, output, seed, report, progress)
+            _run(chat, todo, output, seed, report, progress, messages_for)
     finally:
         if chat is not None:
             chat.close()
@@ -526,11 +540,12 @@ def generate(
 
 def _run(
     chat: ChatClient,
-    todo: list[tuple[Scene, str]],
+    todo: list[tuple[Any, str]],
     output: Path,
     seed: int,
     report: GenerationReport,
     progress: bool | None,
+    messages_for: MessageBuilder = build_messages,
 ) -> None:
     """Requests run concurrently; results are written in plan order as soon as they can be."""
     ready: dict[int, SampleResult] = {}
@@ -546,7 +561,9 @@ def _run(
             file=sys.stderr,
         ) as bar,
     ):
-        futures = {pool.submit(make_sample, chat, scene, kind, seed): n for n, (scene, kind) in enumerate(todo)}
+        futures = {
+            pool.submit(make_sample, chat, scene, kind, seed, messages_for): n for n, (scene, kind) in enumerate(todo)
+        }
         try:
             for future in as_completed(futures):
                 ready[futures[future]] = future.result()

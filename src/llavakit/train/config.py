@@ -75,6 +75,8 @@ class DatasetConfig:
     video_folder: str | None = None  # where relative video paths start (default: image_folder); needs model.video_token
     weight: float | None = None  # share of a weighted mixture's draws (null: unweighted)
     format: str | None = None  # conversation | interleaved | text (null: detected per record)
+    source: str | None = None  # llava | hf | shards (null: by path; llavakit.data.sources)
+    columns: dict[str, str] | None = None  # hf: LLaVA field -> column, e.g. {conversations: messages}
 
 
 @dataclass

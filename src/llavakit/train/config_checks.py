@@ -87,6 +87,7 @@ def _must_be(key: str, expects: str, value: Any) -> str:
 
 
 DATASET_FORMATS = ("conversation", "interleaved", "text")
+DATASET_SOURCES = ("llava", "hf", "shards")
 
 
 def _dataset_problems(config: TrainConfig) -> list[str]:
@@ -94,7 +95,8 @@ def _dataset_problems(config: TrainConfig) -> list[str]:
     for index, dataset in enumerate(config.data.datasets):
         key = f"data.datasets.{index}"
         if not str(dataset.path).strip():
-            problems.append(_must_be(f"{key}.path", "the path of a .json or .jsonl file", dataset.path))
+            expects = "the path of a .json/.jsonl file, a parquet/arrow folder or tar shards"
+            problems.append(_must_be(f"{key}.path", expects, dataset.path))
         if not _share(closed_low=False)(dataset.fraction):  # downsampling only
             problems.append(_must_be(f"{key}.fraction", "a share of the records in (0, 1]", dataset.fraction))
         if not _optional(_at_least(0))(dataset.weight):
@@ -104,6 +106,11 @@ def _dataset_problems(config: TrainConfig) -> list[str]:
         if dataset.format is not None and dataset.format not in DATASET_FORMATS:
             expects = f"one of {', '.join(DATASET_FORMATS)}, or null (detected per record)"
             problems.append(_must_be(f"{key}.format", expects, dataset.format))
+        if dataset.source is not None and dataset.source not in DATASET_SOURCES:
+            expects = f"one of {', '.join(DATASET_SOURCES)}, or null (by path)"
+            problems.append(_must_be(f"{key}.source", expects, dataset.source))
+        if dataset.columns and dataset.source not in (None, "hf"):
+            problems.append(_must_be(f"{key}.columns", "null unless source is hf", dataset.columns))
     return problems + _mixture_problems(config.data)
 
 
