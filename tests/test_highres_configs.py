@@ -35,7 +35,11 @@ def test_every_spec_loads_and_names_its_weights():
     } <= set(names)
     for name in names:
         spec = load_model_spec(SPECS / f"{name}.yaml")
-        assert spec.name == name and _weights(name).get("vision") and _weights(name).get("language")
+        assert spec.name == name
+        if name.startswith("tiny-"):  # random backbones for tests and smoke runs: no published weights
+            assert spec.tokenizer == "tiny" and spec.image_token_id is None
+            continue
+        assert _weights(name).get("vision") and _weights(name).get("language")
         _load(name)
 
 
