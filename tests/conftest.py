@@ -8,6 +8,9 @@ folder. Import them by name (`from conftest import CONFIGS, tiny_recipe`).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +117,49 @@ def varied_data(folder: Path, n: int = 32) -> Path:
         for i in range(n)
     ]
     return write_llava_data(folder, samples)
+
+
+def torchrun_train(
+    recipe: str, data: Path, out: Path, *overrides: str, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    """`llavakit train configs/tiny/<recipe>.yaml` on `data` into `out`, on 2 CPU processes, one thread each."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "llavakit.cli",
+        "train",
+        str(CONFIGS / "tiny" / f"{recipe}.yaml"),
+        *recipe_overrides(data, out, *overrides),
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=CONFIGS.parent, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def pope_eval_args(checkpoint: Path, pope: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    """`llavakit eval` arguments for a POPE folder and its images (`pope`), 3 new tokens, batches of 2."""
+    folder, images = pope
+    return [
+        "eval",
+        str(checkpoint),
+        "--task",
+        "pope",
+        "--data",
+        str(folder),
+        "--image-folder",
+        str(images),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--batch-size",
+        "2",
+        *extra,
+    ]
 
 
 class StopAfter(TrainerCallback):

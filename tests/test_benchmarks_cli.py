@@ -8,6 +8,7 @@ import json
 import pytest
 from PIL import Image
 
+from conftest import pope_eval_args
 from llavakit.cli import main
 from llavakit.eval.answers import read_answers
 from llavakit.eval.benchmarks import load_benchmark, score_benchmark
@@ -43,25 +44,7 @@ def pope(tmp_path):
 
 
 def run(checkpoint, pope, out, *extra):
-    folder, images = pope
-    args = [
-        "eval",
-        str(checkpoint),
-        "--task",
-        "pope",
-        "--data",
-        str(folder),
-        "--image-folder",
-        str(images),
-        "--output",
-        str(out),
-        "--max-new-tokens",
-        "3",
-        "--batch-size",
-        "2",
-        *extra,
-    ]
-    return main(args)
+    return main(pope_eval_args(checkpoint, pope, out, *extra))
 
 
 def answer_lines(path):

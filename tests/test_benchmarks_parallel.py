@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import pope_eval_args
 from llavakit.cli import main
 from llavakit.errors import ConfigError
 from llavakit.eval.parallel import Ranks, check_parallel_placement, joined_ranks, rank_device
@@ -52,27 +53,6 @@ def pope(tmp_path):
     return folder, images
 
 
-def eval_args(checkpoint: Path, pope: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
-    folder, images = pope
-    return [
-        "eval",
-        str(checkpoint),
-        "--task",
-        "pope",
-        "--data",
-        str(folder),
-        "--image-folder",
-        str(images),
-        "--output",
-        str(out),
-        "--max-new-tokens",
-        "3",
-        "--batch-size",
-        "2",
-        *extra,
-    ]
-
-
 def two_processes(args: list[str]) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node 2 -m llavakit.cli ARGS` on the CPU, one thread per process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -99,8 +79,8 @@ def results(folder: Path) -> dict:
 def test_two_processes_write_the_answers_and_table_of_one_process(checkpoint, pope, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for limit in (["--limit", "5"], []):  # the second run of each resumes the first
-        assert main(eval_args(checkpoint, pope, one, *limit)) == 0
-        done = two_processes(eval_args(checkpoint, pope, two, *limit))
+        assert main(pope_eval_args(checkpoint, pope, one, *limit)) == 0
+        done = two_processes(pope_eval_args(checkpoint, pope, two, *limit))
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("POPE (pope)") == 1  # rank 0 alone scores and prints
     assert "5 answers kept from an earlier run, 5 generated" in done.stdout
@@ -121,7 +101,7 @@ def test_two_processes_write_the_answers_and_table_of_one_process(checkpoint, po
 def test_a_failing_process_stops_the_other_and_one_process_resumes_its_shards(checkpoint, pope, tmp_path, capsys):
     (pope[1] / "COCO_val2014_000000000001.jpg").write_bytes(b"not a picture")  # rank 1's question only
     out = tmp_path / "eval"
-    done = two_processes(eval_args(checkpoint, pope, out, "--limit", "2"))
+    done = two_processes(pope_eval_args(checkpoint, pope, out, "--limit", "2"))
     assert done.returncode != 0
     assert "process 1 of 2 stopped the run: DataError: question 'random-2'" in done.stderr
     assert done.stderr.count("llavakit eval: error: ") == 2  # one line each; torchrun's own report follows
@@ -129,7 +109,7 @@ def test_a_failing_process_stops_the_other_and_one_process_resumes_its_shards(ch
     assert [path.name for path in out.glob("pope_answers.rank*")] == ["pope_answers.rank0.jsonl"]
 
     # one process takes over: rank 0's answer is kept, the broken image skipped on request
-    assert main(eval_args(checkpoint, pope, out, "--limit", "2", "--skip-bad-images")) == 0
+    assert main(pope_eval_args(checkpoint, pope, out, "--limit", "2", "--skip-bad-images")) == 0
     assert "1 answers kept from an earlier run, 0 generated" in capsys.readouterr().out
     assert [line["question_id"] for line in answer_lines(out)] == ["random-1"]
     assert results(out)["counts"] == {"questions": 2, "answered": 1, "kept": 1, "generated": 0, "skipped": 1}
@@ -138,7 +118,7 @@ def test_a_failing_process_stops_the_other_and_one_process_resumes_its_shards(ch
 
 def test_leftover_shards_are_merged_once_in_question_order(checkpoint, pope, tmp_path, capsys):
     whole = tmp_path / "whole"
-    assert main(eval_args(checkpoint, pope, whole, "--limit", "6")) == 0
+    assert main(pope_eval_args(checkpoint, pope, whole, "--limit", "6")) == 0
     lines = [json.dumps(line) + "\n" for line in answer_lines(whole)]
 
     # an interrupted two-process run: answers merged so far, and the shards (one cut mid-line, one
@@ -150,7 +130,7 @@ def test_leftover_shards_are_merged_once_in_question_order(checkpoint, pope, tmp
     (out / "pope_answers.rank0.jsonl").write_text(lines[4] + lines[2] + lines[5][:20])
     (out / "pope_answers.rank1.jsonl").write_text(lines[1] + lines[3])
     capsys.readouterr()
-    assert main(eval_args(checkpoint, pope, out, "--limit", "6")) == 0
+    assert main(pope_eval_args(checkpoint, pope, out, "--limit", "6")) == 0
     assert "5 answers kept from an earlier run, 1 generated" in capsys.readouterr().out
     merged = answer_lines(out)
     assert [json.dumps(line) + "\n" for line in merged[:5]] == lines[:5]  # kept as written, in question order
@@ -162,9 +142,9 @@ def test_leftover_shards_are_merged_once_in_question_order(checkpoint, pope, tmp
     (out / "pope_run.json").unlink()
     (out / "pope_answers.jsonl").unlink()
     (out / "pope_answers.rank1.jsonl").write_text(lines[3])
-    assert main(eval_args(checkpoint, pope, out, "--limit", "1")) == 2
+    assert main(pope_eval_args(checkpoint, pope, out, "--limit", "1")) == 2
     assert "pope_answers.rank1.jsonl exists without pope_run.json" in capsys.readouterr().err
-    assert main(eval_args(checkpoint, pope, out, "--limit", "1", "--overwrite")) == 0
+    assert main(pope_eval_args(checkpoint, pope, out, "--limit", "1", "--overwrite")) == 0
     assert not list(out.glob("pope_answers.rank*")) and len(answer_lines(out)) == 1
 
 

@@ -4,9 +4,6 @@ one process does with the same global batch, and write a model that loads; FSDP 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import llavakit.train.run as run_module
-from conftest import CONFIGS, recipe_overrides, tiny_recipe, varied_data
+from conftest import CONFIGS, tiny_recipe, torchrun_train, varied_data
 from llavakit.errors import ConfigError
 from llavakit.model.checkpoint import load_checkpoint
 from llavakit.processing.processor import LlavaKitProcessor
@@ -37,26 +34,6 @@ SHARED = [
 ]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def torchrun_train(recipe: str, data: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`llavakit train configs/tiny/<recipe>.yaml` on 2 CPU processes, one thread each."""
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "llavakit.cli",
-        "train",
-        str(CONFIGS / "tiny" / f"{recipe}.yaml"),
-        *recipe_overrides(data, out, *overrides),
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # The first DeepSpeed run on a machine compiles its shared-memory communication op (minutes).
-    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=540)
 
 
 @dataclass(frozen=True)
@@ -116,7 +93,7 @@ def test_two_cpu_processes_under_deepspeed_match_one_process(zero, recipe, one_p
         overrides.append(one_process.connector)  # loaded before DeepSpeed partitions anything
     else:
         overrides[overrides.index("output.save_steps=0")] = "output.save_steps=2"  # DeepSpeed's own checkpoint too
-    done = torchrun_train(recipe, one_process.data, tmp_path / "run", *overrides)
+    done = torchrun_train(recipe, one_process.data, tmp_path / "run", *overrides, timeout=540)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"trained {STEPS} step(s)" in done.stdout
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import CONFIGS, recipe_overrides, tiny_recipe, varied_data
+from conftest import tiny_recipe, torchrun_train, varied_data
 from llavakit.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,21 +34,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # one process: 2 accumulation steps of 4 samples
     single = run_training(tiny_recipe("finetune", data, tmp_path / "one", *overrides))
     # two processes: 4 samples each, no accumulation; through the command line
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "llavakit.cli",
-        "train",
-        str(CONFIGS / "tiny/finetune.yaml"),
-        *recipe_overrides(data, tmp_path / "two", *overrides),
-    ]
-    done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=240)
+    done = torchrun_train("finetune", data, tmp_path / "two", *overrides)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trained 4 step(s)" in done.stdout
 

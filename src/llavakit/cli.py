@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -359,19 +359,27 @@ def _data_instruct(args: argparse.Namespace) -> int:
         raise ConfigError("--overwrite: only for --backend offline (the openai backend appends and resumes)")
     from llavakit.synthetic.teacher import generate_main
 
+    return _call_teacher(
+        lambda options: generate_main(
+            args.world,
+            args.output,
+            options.pop("kinds", []),
+            options.pop("limit", None),
+            args.seed,
+            options.pop("base_url", None),
+            options.pop("model", None),
+            **options,
+        ),
+        teacher,
+    )
+
+
+def _call_teacher(generate: Callable[[dict[str, Any]], int], teacher: dict[str, Any]) -> int:
+    """Run a teacher-backed generator on the command's teacher options; an endpoint's refusal is one line."""
     if teacher.get("max_tokens") == 0:
         teacher["max_tokens"] = None  # no limit sent
     try:
-        return generate_main(
-            args.world,
-            args.output,
-            teacher.pop("kinds", []),
-            teacher.pop("limit", None),
-            args.seed,
-            teacher.pop("base_url", None),
-            teacher.pop("model", None),
-            **teacher,
-        )
+        return generate(teacher)
     except (ImportError, RuntimeError) as error:  # no SDK; the endpoint refused the key, URL or model
         print(f"llavakit data instruct: error: {error}", file=sys.stderr)
         return 2
@@ -388,24 +396,21 @@ def _data_instruct_coco(args: argparse.Namespace, teacher: dict) -> int:
         raise ConfigError("--source coco takes no world folder and no --overwrite (it appends and resumes)")
     from llavakit.synthetic.coco import generate_coco_main
 
-    if teacher.get("max_tokens") == 0:
-        teacher["max_tokens"] = None  # no limit sent
-    try:
-        return generate_coco_main(
+    return _call_teacher(
+        lambda options: generate_coco_main(
             args.captions,
             args.instances,
             args.output,
-            teacher.pop("kinds", []),
-            teacher.pop("limit", None),
+            options.pop("kinds", []),
+            options.pop("limit", None),
             args.seed,
-            teacher.pop("base_url", None),
-            teacher.pop("model", None),
+            options.pop("base_url", None),
+            options.pop("model", None),
             args.image_prefix or "",
-            **teacher,
-        )
-    except (ImportError, RuntimeError) as error:
-        print(f"llavakit data instruct: error: {error}", file=sys.stderr)
-        return 2
+            **options,
+        ),
+        teacher,
+    )
 
 
 def _data_check(args: argparse.Namespace) -> int:
