@@ -307,6 +307,25 @@ def test_bad_samples_in_a_stream_are_counted_not_lost(stream_shards, processor):
     assert len(items) == SHARDS * PER_SHARD
 
 
+def test_uneven_files_stream_the_same_count_on_every_consumer(stream_shards, tmp_path, processor, caplog):
+    """Files of 11, 11, 11 and 7 samples, 2 ranks x 1 worker: 22 and 18 held, 18 streamed each, 4 left out, said."""
+    from llavakit.cli import main
+
+    folder = tmp_path / "uneven"
+    assert main(["data", "convert", str(stream_shards), str(folder), "--format", "shards", "--per-file", "11"]) == 0
+    assert len(list(folder.glob("*.tar"))) == 4  # 11, 11, 11, 7
+    streams = [StreamingShardDataset([DatasetSpec(folder)], processor, 512, rank=rank, world_size=2) for rank in (0, 1)]
+    assert streams[0].consumer_loads(1) == [22, 18]  # largest files first, to the lighter consumer
+    with caplog.at_level("WARNING", logger="llavakit.data.streaming"):
+        batches = [each.configure(num_workers=1, batch_size=BATCH) for each in streams]
+    assert batches == [9, 9] and [len(each) for each in streams] == [18, 18]
+    assert "4 sample(s) beyond the smallest count are left out" in caplog.text
+    seen = [sample for each in streams for batch in run_stream(each, workers=1) for sample in batch]
+    assert len(seen) == len(set(seen)) == 36
+    with pytest.raises(ConfigError, match="some consumer gets no sample"):
+        streams[0].configure(num_workers=3, batch_size=BATCH)
+
+
 def test_streaming_needs_shards(tmp_path, processor):
     (tmp_path / "data.json").write_text("[]")
     with pytest.raises(ConfigError, match="--format shards"):

@@ -172,6 +172,16 @@ def parquet_files(path: str | Path) -> list[Path]:
     return files
 
 
+def parquet_rows(path: Path) -> int:
+    """Rows in one parquet file, from its footer."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{path} is not a readable parquet file: {error}") from None
+
+
 def iter_parquet_records(spec: DatasetSpec, path: Path, batch_rows: int = 256) -> Iterator[dict[str, Any]]:
     """One parquet file's rows as records, a batch of rows at a time, each with its own image bytes."""
     import pyarrow.parquet as pq

@@ -31,6 +31,11 @@ def world_size_from_environment() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank_from_environment() -> int:
+    """This process's rank as the launcher declared it (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def precision_flags(precision: str) -> dict[str, bool]:
     if precision not in PRECISIONS:
         raise ConfigError(f"optimization.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -108,6 +108,11 @@ class DataConfig:
     `packing`: several samples per row, no attention across them (fewer pad tokens).
     `group_by_modality`: image and text-only samples in separate batches, similar lengths
     together (LLaVA-1.5's `group_by_modality_length`).
+    `streaming`: stream the datasets (tar shards or parquet folders; `llavakit data convert`)
+    across ranks and dataloader workers instead of indexing them (`data.streaming`:
+    `StreamingShardDataset`): every sample once per epoch, through a seeded shuffle buffer of
+    `shuffle_buffer` samples per worker, resumable. Weights, fractions, `mixture_size` and
+    `group_by_modality` need random access, so they are errors with it.
     `max_skipped_fraction`: share of bad samples (missing image, over length, ...) above which
     the run stops, in [0, 1] (0: none tolerated). The run stops as soon as the skipped count
     exceeds that share of every sample the run will draw (optimizer steps x global batch, known
@@ -125,6 +130,8 @@ class DataConfig:
     group_by_modality: bool = False
     num_workers: int = 0
     seed: int = 0
+    streaming: bool = False
+    shuffle_buffer: int = 1000
     max_skipped_fraction: float = 0.01
     skip_check_min_samples: int = 1000
 

@@ -54,6 +54,7 @@ _RATE = "a finite number >= 0, or null for the stage recipe's"
 _VALUE_RULES: tuple[tuple[str, Check, str], ...] = (
     ("data.max_length", _at_least(1), "a whole number >= 1 (tokens per sample)"),
     ("data.num_workers", _at_least(0), "a whole number >= 0"),
+    ("data.shuffle_buffer", _at_least(1), "a whole number >= 1 (samples per worker; 1: file order)"),
     ("data.max_skipped_fraction", _share(), "a share in [0, 1] (0: no bad sample tolerated)"),
     ("data.skip_check_min_samples", _at_least(0), "a whole number >= 0"),
     ("stage.lora.r", _at_least(1), "a whole number >= 1"),
@@ -111,7 +112,25 @@ def _dataset_problems(config: TrainConfig) -> list[str]:
             problems.append(_must_be(f"{key}.source", expects, dataset.source))
         if dataset.columns and dataset.source not in (None, "hf"):
             problems.append(_must_be(f"{key}.columns", "null unless source is hf", dataset.columns))
-    return problems + _mixture_problems(config.data)
+    return problems + _mixture_problems(config.data) + _streaming_problems(config.data)
+
+
+def _streaming_problems(data: DataConfig) -> list[str]:
+    """What a stream cannot do: it reads each file once in order, so nothing that needs random access."""
+    if not data.streaming:
+        return []
+    problems = []
+    needs = "needs random access, which data.streaming=true does not give (convert or subsample the data instead)"
+    for index, dataset in enumerate(data.datasets):
+        if dataset.weight is not None:
+            problems.append(f"data.datasets.{index}.weight={dataset.weight} {needs}")
+        if dataset.fraction != 1.0:
+            problems.append(f"data.datasets.{index}.fraction={dataset.fraction} {needs}")
+    if data.mixture_size is not None:
+        problems.append(f"data.mixture_size={data.mixture_size} {needs}")
+    if data.group_by_modality:
+        problems.append(f"data.group_by_modality=true {needs}")
+    return problems
 
 
 def _mixture_problems(data: DataConfig) -> list[str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -35,9 +34,15 @@ from transformers.utils import logging as transformers_logging
 from llavakit.data.batching import PackingCollator, PaddingCollator
 from llavakit.data.dataset import LlavaDataset
 from llavakit.data.records import DatasetSpec
+from llavakit.data.streaming import StreamingShardDataset
 from llavakit.errors import ConfigError
 from llavakit.processing.processor import LlavaKitProcessor
-from llavakit.train.arguments import check_distributed, training_arguments, world_size_from_environment
+from llavakit.train.arguments import (
+    check_distributed,
+    rank_from_environment,
+    training_arguments,
+    world_size_from_environment,
+)
 from llavakit.train.config import CONFIG_NAME, DataConfig, TrainConfig, load_config, save_run_config
 from llavakit.train.model_setup import (
     TRAINABLE_WEIGHTS_NAME,
@@ -94,10 +99,21 @@ def make_collator(data: DataConfig, processor: LlavaKitProcessor, flash_attentio
     return PaddingCollator(pad, max_length=data.max_length)
 
 
-def make_dataset(data: DataConfig, processor: LlavaKitProcessor) -> LlavaDataset:
+def make_dataset(data: DataConfig, processor: LlavaKitProcessor) -> LlavaDataset | StreamingShardDataset:
+    """The map-style mixture, or with `data.streaming` this rank's stream of the shards."""
     if not data.datasets:
         raise ValueError("data.datasets is empty: list at least one LLaVA-format .json / .jsonl file")
     specs = [DatasetSpec(**dataclasses.asdict(spec)) for spec in data.datasets]
+    if data.streaming:
+        return StreamingShardDataset(
+            specs,
+            processor,
+            data.max_length,
+            seed=data.seed,
+            rank=rank_from_environment(),
+            world_size=world_size_from_environment(),
+            shuffle_buffer=data.shuffle_buffer,
+        )
     return LlavaDataset(specs, processor, data.max_length, seed=data.seed, mixture_size=data.mixture_size)
 
 
@@ -166,7 +182,11 @@ def build_trainer(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()
         model = apply_lora(model, config.stage)
         logger.info("with LoRA adapters:\n%s", count_parameters(model, config.stage.name))
     dataset = make_dataset(config.data, processor)
-    args = training_arguments(config, accumulation, has_text_only=any(n < 0 for n in dataset.modality_lengths))
+    # A stream's modalities are unknown up front: assume text-only samples may come.
+    lengths = getattr(dataset, "modality_lengths", [-1])
+    args = training_arguments(config, accumulation, has_text_only=any(n < 0 for n in lengths))
+    if isinstance(dataset, StreamingShardDataset):  # its length (the Trainer counts steps by it)
+        dataset.configure(args.dataloader_num_workers, args.per_device_train_batch_size)
     flash = (config.model.attn_implementation or "").startswith("flash")
     trainer = LlavaKitTrainer(
         model=model,
@@ -251,7 +271,7 @@ def train_main(config_path: str, overrides: list[str]) -> int:
     `llavakit train --overwrite` adds the override `output.overwrite=true`.
     """
     config = load_config(config_path, overrides)
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    main_process = rank_from_environment() == 0
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from llavakit.data.records import DatasetSpec
+from llavakit.data.sources import source_of
 from llavakit.errors import CheckpointError, ConfigError, DataError, OutputExistsError, OutputPathError
 from llavakit.output_paths import check_clear_of_inputs, check_writable_dir, prepare_output_dir
 from llavakit.train.checkpoint_files import verify_model_folder, verify_resume_checkpoint
@@ -159,9 +161,14 @@ def check_inputs(config: TrainConfig) -> None:
     if not config.data.datasets:
         raise ConfigError("data.datasets is empty: list at least one LLaVA-format .json / .jsonl file")
     for index, dataset in enumerate(config.data.datasets):
-        if not Path(dataset.path).is_file():
-            what = "is a folder, not a file" if Path(dataset.path).is_dir() else "does not exist"
+        source = source_of(DatasetSpec(dataset.path, source=dataset.source))
+        path = Path(dataset.path)
+        # LLaVA JSON is a file; shards and parquet may be a folder; an hf name not on disk is a hub name.
+        if source == "llava" and not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise DataError(f"data.datasets.{index}.path: dataset file {dataset.path} {what}")
+        if source == "shards" and not path.exists():
+            raise DataError(f"data.datasets.{index}.path: shard file or folder {dataset.path} does not exist")
         if dataset.image_folder is not None and not Path(dataset.image_folder).is_dir():
             raise DataError(f"data.datasets.{index}.image_folder: {dataset.image_folder} is not a folder")
     if config.model.checkpoint is not None:

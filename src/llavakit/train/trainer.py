@@ -9,6 +9,10 @@ The additions, each in one method:
 * `_get_train_sampler`: LLaVA-1.5's modality-length grouping when `data.group_by_modality`,
   with megabatches of one global batch (per-device x accumulation x world size), so a
   1-process run with accumulation sees the same batches as an N-process run;
+* `get_train_dataloader`: a streamed dataset (`data.streaming`) is already split across ranks
+  and workers (`StreamingShardDataset`), so its DataLoader is not sharded again by accelerate;
+  `StreamingEpochs` gives it each epoch's number (also in a resumed epoch, whose loader the
+  Trainer rebuilds to skip the batches already trained);
 * `get_batch_samples`: pops `skipped_samples` / `num_samples` from every batch before the
   forward pass, counts them (`skips.SkipReport`), stops the run as soon as the allowed share is
   provably exceeded (of the samples the whole run draws: steps x global batch), and swaps a
@@ -42,6 +46,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from PIL import Image
+from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_callback import ProgressCallback
@@ -49,6 +54,7 @@ from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from llavakit.data.batching import ModalityLengthGroupedSampler
+from llavakit.data.streaming import StreamingShardDataset
 from llavakit.processing.processor import IGNORE_INDEX
 from llavakit.train.config import CONFIG_NAME, TrainConfig, save_run_config
 from llavakit.train.model_setup import (
@@ -98,6 +104,17 @@ class CurrentIntervals(TrainerCallback):
         state.compute_steps(args, state.max_steps)
 
 
+class StreamingEpochs(TrainerCallback):
+    """Sets a streamed dataset's epoch (its file order and shuffle) as each epoch begins."""
+
+    def __init__(self, dataset: StreamingShardDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # The epoch in progress: a resumed run starts inside it (state.epoch = 1.5 is epoch 1).
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
 class LlavaKitTrainer(Trainer):
     """Trainer for `LlavaKitForCausalLM` (plain, or wrapped by peft); `config` is the resolved run config."""
 
@@ -112,6 +129,8 @@ class LlavaKitTrainer(Trainer):
         self._filler: dict[str, Any] | None = None
         self._aux_losses: list[torch.Tensor] = []  # MoE balance losses since the last log
         self.add_callback(CurrentIntervals())
+        if isinstance(self.train_dataset, StreamingShardDataset):
+            self.add_callback(StreamingEpochs(self.train_dataset))
 
     # ---- loss and logging ----------------------------------------------------------------------
 
@@ -148,6 +167,20 @@ class LlavaKitTrainer(Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The Trainer's loader; a stream's plain (it splits itself across ranks and workers; `configure`d)."""
+        dataset = self.train_dataset
+        if not isinstance(dataset, StreamingShardDataset):
+            return super().get_train_dataloader()
+        return DataLoader(
+            dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
