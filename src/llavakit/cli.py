@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llavakit.ablate.command import add_ablate_parser
 from llavakit.errors import LlavaKitError
 from llavakit.serve.command import add_serve_parser
 
@@ -786,7 +787,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llavakit", description="Build, train, evaluate and serve LLaVA models.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LLAVAKIT_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_chat, _add_demo, _add_import, _add_export, _add_eval, _add_train, _add_data, add_serve_parser):
+    for add in (
+        _add_chat,
+        _add_demo,
+        _add_import,
+        _add_export,
+        _add_eval,
+        _add_train,
+        _add_data,
+        add_serve_parser,
+        add_ablate_parser,
+    ):
         add(commands)
     return parser
 

@@ -142,12 +142,15 @@ def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_di
     )
 
 
-def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> dict[str, list[tuple[int, float]]]:
-    """Train and save the tokenizer, the CLIP model and the language model under `out`."""
-    torch.manual_seed(settings.seed)
-    texts = world.texts(STAGE2_TEMPLATE)
-    tokenizer = make_tokenizer(texts, settings)
+def train_tokenizer(out: Path, world: DemoWorld, settings: DemoSettings) -> Any:
+    """The tokenizer trained on the world's chat text, saved to `out/tokenizer`."""
+    tokenizer = make_tokenizer(world.texts(STAGE2_TEMPLATE), settings)
     tokenizer.save_pretrained(out / "tokenizer")
+    return tokenizer
+
+
+def pretrain_vision_tower(out: Path, world: DemoWorld, settings: DemoSettings, tokenizer: Any) -> list[float]:
+    """Train CLIP on the world's captions and save its vision half (`out/clip`); returns the losses."""
     images, captions = world.caption_pairs()
     clip_loop = LoopSettings(settings.clip_steps, settings.clip_batch, settings.clip_lr, settings.seed)
     clip = pretrain_clip(
@@ -161,13 +164,27 @@ def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> d
         clip_loop,
     )
     vision_half(clip).save_pretrained(out / "clip")
+    return clip_loop.losses
+
+
+def pretrain_language(out: Path, world: DemoWorld, settings: DemoSettings, tokenizer: Any) -> list[float]:
+    """Train the language model on the world's chat text and save it (`out/language`); returns the losses."""
     language = LlamaForCausalLM(language_model_config(tokenizer, settings.text_hidden, settings.text_layers))
     lm_loop = LoopSettings(settings.lm_steps, settings.lm_batch, settings.lm_lr, settings.seed)
-    pretrain_language_model(language, texts, tokenizer, settings.lm_context, lm_loop)
+    pretrain_language_model(language, world.texts(STAGE2_TEMPLATE), tokenizer, settings.lm_context, lm_loop)
     language.save_pretrained(out / "language")
+    return lm_loop.losses
+
+
+def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> dict[str, list[tuple[int, float]]]:
+    """Train and save the tokenizer, the CLIP model and the language model under `out`."""
+    torch.manual_seed(settings.seed)
+    tokenizer = train_tokenizer(out, world, settings)
+    clip_losses = pretrain_vision_tower(out, world, settings, tokenizer)
+    lm_losses = pretrain_language(out, world, settings, tokenizer)
     return {
-        "CLIP pretraining": list(enumerate(clip_loop.losses, 1)),
-        "LM pretraining": list(enumerate(lm_loop.losses, 1)),
+        "CLIP pretraining": list(enumerate(clip_losses, 1)),
+        "LM pretraining": list(enumerate(lm_losses, 1)),
     }
 
 
@@ -207,7 +224,9 @@ class _Phases:
         return value
 
 
-def _evaluate(model_dir: Path, files: list[Path], world: DemoWorld, out: Path, settings: DemoSettings):
+def evaluate_model(
+    model_dir: Path, files: list[Path], world: DemoWorld, out: Path, settings: DemoSettings, progress: bool = True
+):
     from llavakit.eval.runner import evaluate_files
     from llavakit.serve.chat import load_chat_model
 
@@ -220,6 +239,7 @@ def _evaluate(model_dir: Path, files: list[Path], world: DemoWorld, out: Path, s
         batch_size=settings.eval_batch,
         max_new_tokens=16,
         output_dir=out,
+        progress=progress,
     )
     return model, processor, results
 
@@ -258,7 +278,7 @@ def run_demo(
     losses["stage 2 (instruction tuning)"] = stage2.losses
     files = subsample_eval_sets(world, out / "eval_sets", settings)
     model, processor, results = phases.run(
-        "evaluation on the held-out split", _evaluate, stage2.model_path, files, world, out / "eval", settings
+        "evaluation on the held-out split", evaluate_model, stage2.model_path, files, world, out / "eval", settings
     )
     plot_loss_panels(losses, out / "losses.png", "llavakit demo: training losses")
     answer = _answer(model, processor, held_out_question(world, settings.seed))
