@@ -81,9 +81,14 @@ def test_quick_ablation_trains_and_scores_every_cell(tmp_path, capsys):
     assert "inconclusive (one seed" in report  # one seed never claims agreement
     capsys.readouterr()
 
-    # A second seed for one study trains only the new runs; the rest is cached.
+    # A second seed for one study trains only the new runs; the rest is cached. A run trained
+    # again (its result removed) gives the same scores: the same seed, the same numbers.
+    linear_seed0 = runs["connector"]["linear"][0]
+    (result,) = [path for path in (out / "runs").glob("*/result.json") if json.loads(path.read_text()) == linear_seed0]
+    result.unlink()
     assert main(["ablate", "--quick", "--study", "connector", "--seeds", "2", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count(": cached") == 2 and printed.count("seed 1: ") == 2
+    assert printed.count(": cached") == 1 and printed.count("seed 1: ") == 2
     again = json.loads((out / "ablations.json").read_text())
     assert all(len(runs_of_cell) == 2 for runs_of_cell in again["connector"].values())
+    assert again["connector"]["linear"][0]["scores"] == linear_seed0["scores"]

@@ -36,7 +36,8 @@ ALLOWED = {
     "synthetic": {"processing", "model"},
     "serve": {"processing", "model", "tiny"},
     "demo": {"train", "eval", "serve", "synthetic", "data", "interop", "processing", "model", "tiny"},
-    "cli": {"demo", "train", "eval", "serve", "synthetic", "data", "interop", "processing", "model", "tiny"},
+    "ablate": {"demo", "train", "eval", "synthetic", "data", "processing", "model", "tiny"},
+    "cli": {"ablate", "demo", "train", "eval", "serve", "synthetic", "data", "interop", "processing", "model", "tiny"},
 }
 
 

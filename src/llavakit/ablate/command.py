@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +68,7 @@ def run_ablations(studies: tuple[Study, ...], seeds: int, output: Path, quick: b
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llavakit.ablate.runs import Shared, cached_result, execute, plan_run
+    from llavakit.demo.pipeline import peak_memory_mb
 
     started = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
@@ -91,14 +90,39 @@ def run_ablations(studies: tuple[Study, ...], seeds: int, output: Path, quick: b
             results.setdefault((study.name, cell.label), []).append(result)
             progress.console.print(f"{study.name} / {cell.label} / seed {seed}: {status}")
             progress.advance(task)
-    report = write_report(studies, results, output, quick)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    console.print(f"total {time.perf_counter() - started:.0f} s, peak memory {peak:.0f} MB")
+    peak = max([peak_memory_mb()] + [run.get("peak_memory_mb", 0.0) for runs in results.values() for run in runs])
+    trained = sum(run["seconds"] for runs in results.values() for run in runs) / 60
+    cost = f"{trained:.0f} min of training and scoring over {len(jobs)} runs, peak memory {peak:.0f} MB"
+    report = write_report(studies, results, output, quick, f"{base_recipe(shared.settings)}\n\nCost: {cost}.")
+    console.print(f"this call: {time.perf_counter() - started:.0f} s; all runs: {cost}")
     return report
 
 
+def base_recipe(settings: Any) -> str:
+    """The base recipe in words, from the settings every run shares."""
+    test = round(settings.scenes * settings.test_fraction)
+    return (
+        f"Base recipe (every cell changes one thing of it): the demo's LLaVA recipe on a world of {settings.scenes} "
+        f"scenes ({settings.scenes - test} to train on, {test} held out); a CLIP tower pretrained on the world's "
+        f"captions ({settings.image_size} px, {settings.patch_size} px patches: "
+        f"{(settings.image_size // settings.patch_size) ** 2} visual tokens a view, the world's 64 px images halved in "
+        f"the fixed mode), a {settings.text_layers}-layer Llama of width {settings.text_hidden} pretrained "
+        f"{settings.lm_steps} steps on the world's text, `mlp2x_gelu` on layer -2; stage 1 {settings.stage1_epochs:g} "
+        f"epoch on captions, stage 2 {settings.stage2_epochs:g} epoch on every instruction kind, batches of "
+        f"{settings.stage2_batch}; at most {settings.eval_per_set} held-out questions a set. Seeds change the "
+        "connector's initialisation and the data order, not the world or the pretrained backbones. A verdict "
+        "`agrees` when the difference points the paper's way by more than the two cells' combined standard "
+        "deviation over seeds, `does not reproduce` when it points the other way by more than that, "
+        "`inconclusive` otherwise."
+    )
+
+
 def write_report(
-    studies: tuple[Study, ...], results: dict[tuple[str, str], list[dict[str, Any]]], output: Path, quick: bool
+    studies: tuple[Study, ...],
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    output: Path,
+    quick: bool,
+    preface: str = "",
 ) -> Path:
     """`ablations.md` (summary, then a section per study), `ablations.json` and the plots."""
     plots = output / "plots"
@@ -119,6 +143,7 @@ def write_report(
         data[study.name] = {cell.label: results[(study.name, cell.label)] for cell in study.grid(quick)}
     scale = "quick grid (a smoke run, not evidence)" if quick else "default grid"
     head = f"# Ablations at toy scale\n\n{scale}; accuracy in % on held-out questions, mean ± std over seeds.\n\n"
+    head += f"{preface}\n\n" if preface else ""
     (output / "ablations.md").write_text(head + summary_table(verdicts) + "\n\n" + "\n".join(sections))
     (output / "ablations.json").write_text(json.dumps(data, indent=2) + "\n")
     return output / "ablations.md"

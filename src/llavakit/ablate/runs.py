@@ -25,6 +25,7 @@ from typing import Any
 
 from llavakit.ablate.studies import Cell, Tower
 from llavakit.demo.pipeline import (
+    peak_memory_mb,
     pretrain_language,
     pretrain_vision_tower,
     stage1_config,
@@ -241,6 +242,7 @@ def execute(plan: RunPlan, shared: Shared) -> dict[str, Any]:
         "seed": plan.seed,
         "scores": scores,
         "seconds": time.perf_counter() - started,
+        "peak_memory_mb": peak_memory_mb(),  # of the process so far: every run before this one included
     }
     for stage in ("stage1", "stage2"):
         shutil.rmtree(plan.folder / stage, ignore_errors=True)  # weights are not kept: results are

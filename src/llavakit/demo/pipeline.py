@@ -63,7 +63,7 @@ class DemoResult:
     peak_memory_mb: float = 0.0
 
 
-def _peak_memory_mb() -> float:
+def peak_memory_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
@@ -294,7 +294,7 @@ def run_demo(
         losses,
         answer,
         dict(phases.seconds, total=total),
-        _peak_memory_mb(),
+        peak_memory_mb(),
     )
     _write_summary(result, results_markdown(results), settings)
     console.print(
