@@ -93,7 +93,9 @@ def run_ablations(studies: tuple[Study, ...], seeds: int, output: Path, quick: b
     peak = max([peak_memory_mb()] + [run.get("peak_memory_mb", 0.0) for runs in results.values() for run in runs])
     trained = sum(run["seconds"] for runs in results.values() for run in runs) / 60
     cost = f"{trained:.0f} min of training and scoring over {len(jobs)} runs, peak memory {peak:.0f} MB"
-    report = write_report(studies, results, output, quick, f"{base_recipe(shared.settings)}\n\nCost: {cost}.")
+    command = f"llavakit ablate{' --quick' if quick else ''} --seeds {seeds}"
+    preface = f"Made by `{command}`.\n\n{base_recipe(shared.settings)}\n\nCost: {cost}."
+    report = write_report(studies, results, output, quick, preface)
     console.print(f"this call: {time.perf_counter() - started:.0f} s; all runs: {cost}")
     return report
 
