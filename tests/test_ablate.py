@@ -33,6 +33,9 @@ def test_a_finding_agrees_only_beyond_the_seed_spread():
     # "no loss" claims: within the margin counts as agreeing
     within = Finding("b keeps a's score", "b", "a", ("vqa",), margin=15.0)
     assert judge_finding(within, {"a": a, "b": worse}).verdict == "agrees"
+    at_majority = {"a": CellStats("a", [scores(vqa=10.0), scores(vqa=11.0)], 1.0), "b": far}
+    at_majority["b"] = CellStats("b", [scores(vqa=19.0), scores(vqa=19.5)], 1.0)  # majority is 20
+    assert judge_finding(finding, at_majority).verdict == "inconclusive (no cell beats the majority answer)"
     single = {"a": CellStats("a", [scores(vqa=1.0)], 1.0), "b": CellStats("b", [scores(vqa=99.0)], 1.0)}
     assert judge_finding(finding, single).verdict.startswith("inconclusive (one seed")
 

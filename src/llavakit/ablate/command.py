@@ -91,8 +91,9 @@ def run_ablations(studies: tuple[Study, ...], seeds: int, output: Path, quick: b
             progress.console.print(f"{study.name} / {cell.label} / seed {seed}: {status}")
             progress.advance(task)
     peak = max([peak_memory_mb()] + [run.get("peak_memory_mb", 0.0) for runs in results.values() for run in runs])
-    trained = sum(run["seconds"] for runs in results.values() for run in runs) / 60
-    cost = f"{trained:.0f} min of training and scoring over {len(jobs)} runs, peak memory {peak:.0f} MB"
+    unique = {json.dumps([run["cell"], run["seed"]], sort_keys=True): run for runs in results.values() for run in runs}
+    trained = sum(run["seconds"] for run in unique.values()) / 60
+    cost = f"{trained:.0f} min of training and scoring over {len(unique)} distinct runs, peak memory {peak:.0f} MB"
     command = f"llavakit ablate{' --quick' if quick else ''} --seeds {seeds}"
     preface = f"Made by `{command}`.\n\n{base_recipe(shared.settings)}\n\nCost: {cost}."
     report = write_report(studies, results, output, quick, preface)
@@ -115,7 +116,8 @@ def base_recipe(settings: Any) -> str:
         "connector's initialisation and the data order, not the world or the pretrained backbones. A verdict "
         "`agrees` when the difference points the paper's way by more than the two cells' combined standard "
         "deviation over seeds, `does not reproduce` when it points the other way by more than that, "
-        "`inconclusive` otherwise."
+        "`inconclusive` otherwise, and always when no compared cell beats the majority answer (a model answering "
+        "from priors has no design choice to show)."
     )
 
 

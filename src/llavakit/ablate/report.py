@@ -5,7 +5,9 @@ deviation over seeds, in %; chance and majority in the first rows), a bar plot w
 numbers (error bars: the spread over seeds; chance and majority as marks), and per finding a
 verdict: `agrees` when the difference points the paper's way by more than its spread over
 seeds, `does not reproduce` when it points the other way by more than that, `inconclusive`
-otherwise. The spread of a difference is the two cells' standard deviations combined
+otherwise, and always when no compared cell beats the majority answer on the finding's sets
+(a model that answers from priors has no visual design choice to show). The spread of a
+difference is the two cells' standard deviations combined
 (sqrt(s1² + s2²)); with one seed it is 0, which is why the default runs three.
 """
 
@@ -33,6 +35,11 @@ class CellStats:
 
     def values(self, name: str) -> list[float]:
         return [scores[name]["accuracy"] for scores in self.per_seed if name in scores]
+
+    def majority(self, sets: Sequence[str]) -> float | None:
+        """The majority answer's accuracy, averaged over `sets` (None when a set has none)."""
+        values = [self.per_seed[0].get(name, {}).get("majority") for name in sets] if self.per_seed else [None]
+        return None if any(value is None for value in values) else statistics.fmean(values)
 
     def mean(self, sets: Sequence[str]) -> list[float]:
         """Per seed, the mean accuracy over `sets` (the number a finding compares)."""
@@ -78,6 +85,13 @@ class Verdict:
 
 
 ONE_SEED = "inconclusive (one seed: no spread to judge by)"
+AT_MAJORITY = "inconclusive (no cell beats the majority answer)"
+
+
+def _above_majority(cells: Sequence[CellStats], sets: Sequence[str]) -> bool:
+    """Whether any cell beats always answering the majority: below it, differences are noise in the priors."""
+    majority = cells[0].majority(sets) if cells else None
+    return majority is None or any(mean_std(cell.mean(sets))[0] > majority for cell in cells)
 
 
 def judge_finding(finding: Finding, cells: Mapping[str, CellStats]) -> Verdict:
@@ -89,6 +103,8 @@ def judge_finding(finding: Finding, cells: Mapping[str, CellStats]) -> Verdict:
     difference = better[0] - worse[0] + finding.margin
     spread = math.hypot(better[1], worse[1])
     verdict = "agrees" if difference > spread else "does not reproduce" if difference < -spread else "inconclusive"
+    if not _above_majority([cells[finding.better], cells[finding.worse]], finding.sets):
+        verdict = AT_MAJORITY
     if min(len(cells[finding.better].per_seed), len(cells[finding.worse].per_seed)) < 2:
         verdict = ONE_SEED
     margin = f" (allowed shortfall {finding.margin:.0f})" if finding.margin else ""
@@ -108,6 +124,8 @@ def judge_ranking(ranking: Ranking, cells: Mapping[str, CellStats]) -> Verdict:
     ordered = all(first[1] >= second[1] for first, second in zip(effects, effects[1:]))
     detail = "; ".join(f"{axis}: {effect:.1f} points" for axis, effect in effects)
     verdict = "agrees" if ordered else "does not reproduce"
+    if not _above_majority([cells[label] for _, labels in ranking.axes for label in labels], ranking.sets):
+        verdict = AT_MAJORITY
     if any(len(cells[label].per_seed) < 2 for _, labels in ranking.axes for label in labels):
         verdict = ONE_SEED
     return Verdict(ranking.claim, verdict, f"range of mean accuracy by {detail}")
