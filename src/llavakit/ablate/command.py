@@ -142,8 +142,9 @@ def write_report(
             for cell in study.grid(quick)
         ]
         plot = plot_study(study, cells, plots / f"{study.name}.png")
-        sections.append(study_section(study, cells, plot, output))
-        verdicts.append((study, judge(study, cells)))
+        judged = judge(study, cells)
+        sections.append(study_section(study, cells, judged, plot, output))
+        verdicts.append((study, judged))
         data[study.name] = {cell.label: results[(study.name, cell.label)] for cell in study.grid(quick)}
     scale = "quick grid (a smoke run, not evidence)" if quick else "default grid"
     head = f"# Ablations at toy scale\n\n{scale}; accuracy in % on held-out questions, mean ± std over seeds.\n\n"

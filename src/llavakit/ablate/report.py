@@ -184,9 +184,10 @@ def plot_study(study: Study, cells: Sequence[CellStats], path: Path) -> Path | N
     return path
 
 
-def study_section(study: Study, cells: Sequence[CellStats], plot: Path | None, relative_to: Path) -> str:
-    """One `##` section: source, table, plot, verdicts, time."""
-    verdicts = judge(study, cells)
+def study_section(
+    study: Study, cells: Sequence[CellStats], verdicts: Sequence[Verdict], plot: Path | None, relative_to: Path
+) -> str:
+    """One `##` section: source, table, plot, verdicts (`judge`'s), time."""
     lines = [f"## {study.name}: {study.title}", "", f"Source: {study.source}.", "", study_table(study, cells), ""]
     if plot is not None:
         lines += [f"![{study.name}]({plot.relative_to(relative_to).as_posix()})", ""]

@@ -54,16 +54,17 @@ class Shared:
     settings: DemoSettings
     world: DemoWorld
     eval_files: list[Path]
+    eval_digests: dict[str, str]  # question file -> sha256, part of every run's cache key
 
     @classmethod
     def prepare(cls, root: Path, settings: DemoSettings) -> Shared:
         """Make (or find) the world, the question sets and the language side under `root/shared`."""
         shared = root / "shared"
         _check_same_base(shared / "settings.json", settings)
-        world = make_world(shared / "world", settings) if not (shared / "world.done").exists() else None
-        if world is None:
+        if (shared / "world.done").exists():
             world = _existing_world(shared / "world")
         else:
+            world = make_world(shared / "world", settings)
             (shared / "world.done").write_text("")
         eval_dir = shared / "eval_sets"
         if not (eval_dir / "eval_text.jsonl").exists():
@@ -73,7 +74,8 @@ class Shared:
         if not (shared / "language" / "config.json").exists():
             tokenizer = train_tokenizer(shared, world, settings)
             pretrain_language(shared, world, settings, tokenizer)
-        return cls(root, settings, world, eval_files)
+        digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in eval_files}
+        return cls(root, settings, world, eval_files, digests)
 
     def tower_dir(self, tower: Tower) -> Path:
         """The CLIP tower of this shape, pretrained on the world's captions the first time it is asked for."""
@@ -164,15 +166,20 @@ def _stage1(cell: Cell, shared: Shared, settings: DemoSettings, folder: Path, vi
     data = config.data
     if cell.stage1 == "mixture+llm":
         world = shared.world.root
+        weights = MIXTURE_WEIGHTS
         datasets = [
-            DatasetConfig(path=str(world / "pretrain.json"), image_folder=str(world), name="captions"),
             DatasetConfig(
-                path=str(world / "documents.jsonl"), image_folder=str(world), name="interleaved", format="interleaved"
+                path=str(world / "pretrain.json"), image_folder=str(world), name="captions", weight=weights["pretrain"]
             ),
-            DatasetConfig(path=str(world / "text.jsonl"), name="text", format="text"),
+            DatasetConfig(
+                path=str(world / "documents.jsonl"),
+                image_folder=str(world),
+                name="interleaved",
+                format="interleaved",
+                weight=weights["documents"],
+            ),
+            DatasetConfig(path=str(world / "text.jsonl"), name="text", format="text", weight=weights["text"]),
         ]
-        for dataset, weight in zip(datasets, MIXTURE_WEIGHTS.values()):
-            dataset.weight = weight
         # The same number of samples as the captions alone, so only the mixture differs.
         captions = len(json.loads((world / "pretrain.json").read_text()))
         data = dataclasses.replace(data, datasets=datasets, mixture_size=captions, group_by_modality=False)
@@ -204,7 +211,7 @@ def plan_run(cell: Cell, seed: int, shared: Shared) -> RunPlan:
 def run_key(configs: list[TrainConfig | None], shared: Shared) -> str:
     """A short hash of the resolved configs (paths relative to the output folder) and the question sets."""
     parts: list[Any] = [None if config is None else dataclasses.asdict(config) for config in configs]
-    parts.append({path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in shared.eval_files})
+    parts.append(shared.eval_digests)
     text = json.dumps(parts, sort_keys=True, default=str).replace(str(shared.root), "<root>")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -155,8 +155,12 @@ class StreamingShardDataset(IterableDataset):
 
     def consumer_loads(self, num_workers: int) -> list[int]:
         """Samples held by each consumer when `num_workers` workers per rank stream."""
+        return self._dealt(num_workers)[1]
+
+    def _dealt(self, num_workers: int) -> tuple[list[list[int]], list[int]]:
+        """Unit indices per consumer, and the samples each holds."""
         dealt = deal(self.unit_sizes, self.world_size * num_workers, self.seed)
-        return [sum(self.unit_sizes[unit] for unit in units) for units in dealt]
+        return dealt, [sum(self.unit_sizes[unit] for unit in units) for units in dealt]
 
     def __len__(self) -> int:
         if self._batches is None or self.batch_size is None:
@@ -188,8 +192,8 @@ class StreamingShardDataset(IterableDataset):
         """This consumer's (dataset index, record) stream: the epoch's order, shuffled, cut to the quota, resumed."""
         worker, workers, skip = self._consumer()
         consumer = self.rank * workers + worker
-        dealt = deal(self.unit_sizes, self.world_size * workers, self.seed)
-        quota = min(sum(self.unit_sizes[unit] for unit in units) for units in dealt)
+        dealt, loads = self._dealt(workers)
+        quota = min(loads)
         mine = dealt[consumer]
         order = np.random.default_rng([self.seed, self.epoch, consumer]).permutation(len(mine))
         units = [self.units[mine[i]] for i in order]
