@@ -69,9 +69,10 @@ def run_ablations(studies: tuple[Study, ...], seeds: int, output: Path, quick: b
 
     from llavakit.ablate.runs import Shared, cached_result, execute, plan_run
     from llavakit.demo.pipeline import peak_memory_mb
+    from llavakit.output_paths import check_writable_dir
 
     started = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(output, "ablation output folder").mkdir(parents=True, exist_ok=True)
     console.rule("[bold]shared: world, question sets, language model")
     shared = Shared.prepare(output, preset_for(quick))
     jobs = [(study, cell, seed) for study in studies for cell in study.grid(quick) for seed in range(seeds)]
