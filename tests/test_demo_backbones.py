@@ -36,3 +36,29 @@ def test_language_model_loop_uses_transformers_schedule(tiny_tokenizer):
     assert rates[:3] == [0.0, 5e-4, 1e-3] and max(rates) == 1e-3
     assert all(later < earlier for earlier, later in zip(rates[2:], rates[3:])) and rates[-1] < 1e-5
     assert len(settings.losses) == 40
+
+
+def test_saved_vision_tower_holds_the_trained_clip_weights(tmp_path, tiny_tokenizer):
+    """The folder LLaVA loads must hold CLIP's trained vision weights, not a fresh initialisation."""
+    from PIL import Image
+    from transformers import CLIPVisionModel
+
+    from llavakit.demo.backbones import pretrain_clip, vision_half
+
+    paths = []
+    for n, colour in enumerate(["red", "blue", "green", "yellow"]):
+        paths.append(tmp_path / f"{n}.png")
+        Image.new("RGB", (16, 16), colour).save(paths[-1])
+    settings = LoopSettings(steps=3, batch_size=4, lr=1e-2)
+    captions = ["a red square", "a blue square", "a green square", "a yellow square"]
+    clip = pretrain_clip(paths, captions, tiny_tokenizer, 16, 8, 32, 1, settings)
+    vision_half(clip).save_pretrained(tmp_path / "clip")
+    reloaded = CLIPVisionModel.from_pretrained(tmp_path / "clip")
+    trained = clip.vision_model.state_dict()
+    assert set(reloaded.state_dict()) == set(trained)
+    for name, weight in reloaded.state_dict().items():
+        torch.testing.assert_close(weight, trained[name], rtol=0, atol=0, msg=name)
+    # the loop really moved the weights away from a fresh tower of the same seed
+    torch.manual_seed(0)
+    fresh = CLIPVisionModel(clip.config.vision_config).state_dict()
+    assert any(not torch.equal(fresh[name], trained[name]) for name in trained)

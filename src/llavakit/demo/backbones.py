@@ -185,7 +185,11 @@ def language_model_config(tokenizer: PreTrainedTokenizerBase, hidden_size: int, 
 
 
 def vision_half(clip: CLIPModel) -> CLIPVisionModel:
-    """The vision tower of a trained CLIP as a standalone model (what LLaVA loads), weights shared."""
+    """The vision tower of a trained CLIP as a standalone model (what LLaVA loads), with the trained weights.
+
+    Copied by a strict `load_state_dict`, so a change in how transformers nests the tower is an error here
+    rather than a silently random tower in the saved folder.
+    """
     vision = CLIPVisionModel(clip.config.vision_config)
-    vision.vision_model = clip.vision_model
+    vision.load_state_dict(clip.vision_model.state_dict(), strict=True)
     return vision
