@@ -154,6 +154,30 @@ def test_labels_cover_exactly_the_answers_and_their_end_tokens(tiny_tokenizer, t
     assert all(question.replace("<image>", "") in prompt_text for question in QUESTIONS[:rounds])
 
 
+@pytest.mark.parametrize("template", ["vicuna_v1", "llava_v1", "chatml", "llama3", "mistral_instruct"])
+@pytest.mark.parametrize("answer", ["BOX", "red", "top left"])
+def test_every_token_the_model_must_write_after_the_generation_prompt_is_labelled(tiny_tokenizer, template, answer):
+    """Whatever follows the generation prompt is written by the model at inference, so training labels all of it.
+
+    The tiny byte-level BPE makes the space before "BOX" (a word it never saw after a space) a token of its own;
+    were that space left unlabelled, the model would never learn to begin such an answer.
+    """
+    processor = make_processor(tiny_tokenizer, template=template)
+    question = [{"from": "human", "value": "<image>\nWhat word is written?"}]
+    prompt = get_template(template).render(question, add_generation_prompt=True).text
+    full = get_template(template).render([*question, {"from": "gpt", "value": answer}]).text
+    assert full.startswith(prompt)
+    sample = processor.encode_conversation([*question, {"from": "gpt", "value": answer}], images=[image(30, 20, 0)])
+    labelled = sample["labels"] != IGNORE_INDEX
+    written = tiny_tokenizer.decode(sample["input_ids"][labelled])
+    stop = get_template(template).stop_token
+    after_prompt = full[len(prompt) :]
+    assert written == after_prompt[: after_prompt.index(stop) + len(stop)]  # up to the token that ends the answer
+    # one unbroken run: nothing of the prompt is labelled, nothing the model writes is skipped
+    positions = labelled.nonzero().flatten().tolist()
+    assert positions == list(range(positions[0], positions[0] + len(positions)))
+
+
 @pytest.mark.parametrize("rounds", [2, 3])
 def test_plain_template_labels_captions_after_the_image_tokens(tiny_tokenizer, rounds):
     processor = make_processor(tiny_tokenizer, template="plain")

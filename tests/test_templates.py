@@ -99,9 +99,11 @@ END = {
     "llava_llama_2": " </s>",
     "gemma_instruct": "<end_of_turn>\n",
 }
+# The space after `ASSISTANT:` / `[/INST]` is labelled: the generation prompt stops before it, so the model writes it.
+LEAD = {"vicuna_v1": " ", "llava_v1": " ", "mistral_instruct": " ", "llava_llama_2": " "}
 EXPECTED_SPANS = {
     "plain": ["A red circle.\nRed.\n"],  # adjacent answers (the 2nd turn has no image) form one span
-    **{name: ["A red circle." + end, "Red." + end] for name, end in END.items()},
+    **{name: [LEAD.get(name, "") + answer + end for answer in ("A red circle.", "Red.")] for name, end in END.items()},
 }
 GENERATION_SUFFIX = {"plain": "", "vicuna_v1": "ASSISTANT:", "chatml": "<|im_start|>assistant\n"}
 
@@ -260,7 +262,9 @@ def test_spans_are_char_exact_around_tricky_text():
     ]
     for name, end in END.items():
         rendered = get_template(name).render(conversation)
-        assert [rendered.text[start:stop] for start, stop in rendered.answer_spans] == [a + end for a in answers]
+        assert [rendered.text[start:stop] for start, stop in rendered.answer_spans] == [
+            LEAD.get(name, "") + a + end for a in answers
+        ]
     plain = get_template("plain").render(conversation)
     assert plain.text == "<image>" + answers[0] + "\n" + answers[1] + "\n"
     assert plain.answer_spans == [(len("<image>"), len(plain.text))]
@@ -418,7 +422,7 @@ def test_original_formats_three_rounds_with_a_custom_system(name):
     rendered = get_template(name).render(BE_BRIEF + THREE_ROUNDS)
     assert rendered.text == ORIGINAL_CUSTOM_SYSTEM[name]
     spans = [rendered.text[start:end] for start, end in rendered.answer_spans]
-    assert spans == [answer + END[name] for answer in ("A red circle.", "Red.", "One.")]
+    assert spans == [LEAD.get(name, "") + answer + END[name] for answer in ("A red circle.", "Red.", "One.")]
 
 
 def test_gemma_three_rounds_by_hand():

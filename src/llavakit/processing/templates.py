@@ -11,6 +11,12 @@ chat template (`chat_template`), with every answer's labelled text in a `{% gene
   so it formats prompts identically, and transformers' `return_assistant_tokens_mask` agrees;
 * `stop_token` is what ends an answer at generation time.
 
+Where the generation prompt stops before the space that leads an answer (`ASSISTANT:`, `[/INST]`),
+that space is inside the generation block: the model must write it at inference, so it carries a
+label. With a tokenizer that makes the space its own token (a byte-level BPE before a word it
+never saw with a leading space, e.g. "BOX"), leaving it out would never teach the model to start
+such an answer.
+
 No template writes a leading BOS: the tokenizer adds its own (`<s>` for Llama-2/Vicuna/Mistral,
 `<bos>` for Gemma, `<|begin_of_text|>` for Llama-3), as transformers' `LlavaProcessor` does when
 it tokenizes, and as the original LLaVA code did (its prompts carry no leading BOS either;
@@ -281,8 +287,8 @@ class VicunaTemplate(ConversationTemplate):
     {%- if message['role'] == 'user' -%}
         {{- 'USER: ' + content_text(message['content']) + ' ' -}}
     {%- else -%}
-        {{- 'ASSISTANT: ' -}}
-        {%- generation -%}{{- content_text(message['content']) + '</s>' -}}{%- endgeneration -%}
+        {{- 'ASSISTANT:' -}}
+        {%- generation -%}{{- ' ' + content_text(message['content']) + '</s>' -}}{%- endgeneration -%}
     {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}
@@ -382,7 +388,8 @@ def _llama_2_body(turn_sep: str) -> str:
 
     A non-empty system sits in a `<<SYS>>` block at the start of the first instruction. The
     generation prompt adds nothing: a question's text already ends in `[/INST]`, as in the original.
-    Labels on `a </s>`: the answer, its trailing space and `</s>` (the original's `preprocess_llama_2`).
+    Labels on ` a </s>`: the answer, the spaces around it and `</s>` (the original's `preprocess_llama_2` labels
+    `a </s>`; the leading space is labelled too, as the model writes it after `[/INST]`).
     """
     return (
         r"""{%- for message in loop_messages -%}
@@ -391,8 +398,7 @@ def _llama_2_body(turn_sep: str) -> str:
         {%- if loop.first and system -%}{{- '<<SYS>>\n' + system + '\n<</SYS>>\n\n' -}}{%- endif -%}
         {{- content_text(message['content']) + ' [/INST]' -}}
     {%- else -%}
-        {{- ' ' -}}
-        {%- generation -%}{{- content_text(message['content']) + ' </s>' -}}{%- endgeneration -%}
+        {%- generation -%}{{- ' ' + content_text(message['content']) + ' </s>' -}}{%- endgeneration -%}
     {%- endif -%}
 {%- endfor -%}
 """
