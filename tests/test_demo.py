@@ -152,7 +152,7 @@ def test_artefacts_and_chat(demo):
     assert set(summary["results"]) == {"vqa", "counting", "ocr", "region", "pope"}
     assert summary["results"] == demo.results
     assert summary["results"] == json.loads((demo.output_dir / "eval" / "results.json").read_text())
-    assert summary["settings"] == dataclasses.asdict(SETTINGS)
+    assert summary["settings"] == json.loads(json.dumps(dataclasses.asdict(SETTINGS)))
     assert demo.model_dir == demo.output_dir / "stage2" and summary["model_dir"] == str(demo.model_dir)
     model, processor = load_chat_model(demo.model_dir)
     answer = ChatSession(model, processor, demo.answer["image"], max_new_tokens=16).ask(demo.answer["question"])

@@ -39,3 +39,12 @@ def test_tokenizer_reads_the_template_in_words(world):
     # Every word of the system prompt is one token (plus its punctuation), not one per letter.
     assert len(tokenizer(system, add_special_tokens=False)["input_ids"]) <= words + 8
     assert tokenizer.tokenize(" ASSISTANT:") == ["ĠASSISTANT", ":"]
+
+
+def test_stage2_trains_on_the_settings_kinds_from_training_images_only(world):
+    settings = preset("quick")
+    records = json.loads(world.stage2.read_text())
+    train_images = [scene.image for scene in load_scenes(world.train_scenes)]
+    assert len(records) == settings.stage2_per_image * len(train_images)
+    assert {record["image"] for record in records} == set(train_images)
+    assert {record["id"].split("-")[1] for record in records} == set(settings.stage2_kinds)

@@ -355,3 +355,38 @@ def test_documents_and_text_tell_each_training_scene_once(world):
         assert 1 <= sum(image is not None for image in document["images"]) <= 3
     corpus = build_text_corpus(train)
     assert [record["text"] for record in corpus] == [f"A picture of {caption(s)}. {describe(s)}" for s in train]
+
+
+def test_qa_conversations_ask_every_type_with_true_answers(world):
+    """The demo's dense kind: short answers of many types per image, each one right for its scene."""
+    scenes = _scene_of(world[0])
+    samples = build_instruct_data(world[0], kinds=("qa",), seed=1, per_scene=2)
+    assert [s["id"] for s in samples[:2]] == [f"{world[0][0].id}-qa", f"{world[0][0].id}-qa-1"]
+    assert len(samples) == 2 * len(world[0])
+    assert sum(a["conversations"] != b["conversations"] for a, b in zip(samples[::2], samples[1::2])) > 0.9 * len(
+        world[0]
+    )
+    kinds_seen: Counter[str] = Counter()
+    for sample in samples:
+        scene = scenes[sample["image"]]
+        turns = sample["conversations"]
+        assert 2 <= len(turns) <= 16 and len(turns) % 2 == 0
+        assert turns[0]["value"].count("<image>") == 1
+        for question, answer in zip(turns[::2], turns[1::2]):
+            text = question["value"].replace("<image>", "").strip()
+            assert text.endswith(SHORT_ANSWER_PROMPT)
+            if match := re.match(r"Is there an? (.+) in the image\?", text):
+                kinds_seen["pope"] += 1
+                assert answer["value"] == ("yes" if match[1] in scene.counts() else "no")
+            elif match := re.match(r"How many (.+) are there in the image\?", text):
+                kinds_seen["count"] += 1
+                counted = sum(match[1] in (f"{o.colour} {o.kind}s", f"{o.kind}s") for o in scene.objects)
+                assert answer["value"] == str(counted)
+            elif text.startswith("What word is written"):
+                kinds_seen["ocr"] += 1
+                assert answer["value"] == scene.word.text
+            elif text.startswith("Where is"):
+                kinds_seen["position"] += 1
+    assert min(kinds_seen.values()) > 50 and set(kinds_seen) == {"pope", "count", "ocr", "position"}
+    with pytest.raises(ValueError, match="per_scene"):
+        build_instruct_data(world[0][:2], kinds=("qa",), per_scene=0)

@@ -110,6 +110,7 @@ def _existing_world(root: Path) -> DemoWorld:
         eval_files=names,
         train_scenes=root / "scenes_train.jsonl",
         test_scenes=root / "scenes_test.jsonl",
+        stage2=root / "stage2.json",
     )
 
 

@@ -3,7 +3,7 @@
 The vision tower here reads 32 px (the world's 64 px images halved in the fixed mode, in
 32 px tiles in the grid modes), 8 px patches: 16 visual tokens a view. Everything else is the
 demo's recipe: CLIP and language model pretrained on the world, stage 1 on captions, stage 2
-on all instruction kinds, evaluation on the same held-out questions.
+on the demo's short-answer conversations, evaluation on the same held-out questions.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ DEFAULT = DemoSettings(
     text_layers=4,
     lm_steps=400,
     stage1_batch=16,
-    stage2_batch=16,
+    stage2_batch=8,
     stage2_epochs=1.0,
     max_length=512,  # room for 144 visual tokens (the MM1 study) beside the longest conversations
     eval_per_set=200,

@@ -133,7 +133,7 @@ def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_di
     train_vision = settings.stage2_vision_lr is not None
     return TrainConfig(
         model=_model_section(out / "backbones", connector_weights=str(stage1_dir)),
-        data=_data_section(world.instruct, world, STAGE2_TEMPLATE, settings, settings.stage2_fraction),
+        data=_data_section(world.stage2, world, STAGE2_TEMPLATE, settings, settings.stage2_fraction),
         stage=StageConfig(name="finetune", train_vision=train_vision),
         optimization=_optimization(
             settings.stage2_batch, settings.stage2_epochs, settings.stage2_lr, settings, settings.stage2_vision_lr

@@ -37,9 +37,12 @@ class DemoSettings:
     stage1_epochs: float = 1.0
     stage1_batch: int = 32
     stage1_lr: float = 2e-3
-    stage2_epochs: float = 2.0
+    stage2_epochs: float = 1.0
     stage2_fraction: float = 1.0
-    stage2_batch: int = 32
+    stage2_batch: int = 8
+    # stage-2 data: instruction kinds (`llavakit.synthetic.instruct`) and samples of each per training image
+    stage2_kinds: tuple[str, ...] = ("qa",)
+    stage2_per_image: int = 2
     stage2_lr: float = 1e-3
     stage2_vision_lr: float | None = None
     max_length: int = 384
@@ -47,6 +50,10 @@ class DemoSettings:
     eval_per_set: int | None = 500
     eval_batch: int = 32
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stage2_kinds, list):  # JSON / YAML give lists; keep the dataclass hashable
+            object.__setattr__(self, "stage2_kinds", tuple(self.stage2_kinds))
 
     def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llavakit.demo.settings import DemoSettings
 from llavakit.processing.templates import IMAGE_PLACEHOLDER, get_template
-from llavakit.synthetic.instruct import write_instruct_files
+from llavakit.synthetic.instruct import build_instruct_data, write_instruct_files
 from llavakit.synthetic.world import describe, load_scenes, write_world
 from llavakit.tiny import build_tiny_tokenizer
 
@@ -37,6 +37,7 @@ class DemoWorld:
     eval_files: dict[str, Path]
     train_scenes: Path
     test_scenes: Path
+    stage2: Path  # what stage 2 trains on (`DemoSettings.stage2_kinds`), beside the full `instruct` file
 
     def caption_pairs(self) -> tuple[list[Path], list[str]]:
         """(image path, caption) of every stage-1 sample: CLIP's training pairs."""
@@ -62,6 +63,14 @@ def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
     """Render the world and write stage-1, stage-2 and evaluation files into `out_dir`."""
     manifest = write_world(out_dir, n=settings.scenes, seed=settings.seed, test_fraction=settings.test_fraction)
     files = write_instruct_files(manifest.root, seed=settings.seed)
+    stage2 = build_instruct_data(
+        load_scenes(manifest.train_path),
+        kinds=settings.stage2_kinds,
+        seed=settings.seed,
+        per_scene=settings.stage2_per_image,
+    )
+    stage2_path = manifest.root / "stage2.json"
+    stage2_path.write_text(json.dumps(stage2, ensure_ascii=False), encoding="utf-8")
     return DemoWorld(
         root=manifest.root,
         pretrain=files["pretrain"],
@@ -69,6 +78,7 @@ def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
         eval_files={name: files[f"eval_{name}"] for name in EVAL_SETS if f"eval_{name}" in files},
         train_scenes=manifest.train_path,
         test_scenes=manifest.test_path,
+        stage2=stage2_path,
     )
 
 

@@ -19,6 +19,8 @@ with `<image>` before or after the first question at random:
 - `vqa`, `counting`, `ocr`, `region`, `pope`: academic short answers, each question
   followed by the response-format prompt "Answer the question using a single word or
   phrase." Region boxes are normalized `[x1, y1, x2, y2]` with 2 decimals.
+- `qa` (not in the default file): up to 8 of those short answers, of every type, in one
+  conversation per image, as LLaVA-1.5 merges an image's VQA questions; the demo trains on it.
 
 POPE and counting use **category = colour + kind** ("red circle"): with the default world
 that is 24 categories (only 4 kinds would leave too few absent ones to sample negatives
@@ -617,6 +619,26 @@ def _turns_pope(scene, rng, stats) -> list[Turn]:
     return _shuffled(rng, turns)
 
 
+QA_TURNS = 8
+
+
+def _turns_qa(scene, rng, stats) -> list[Turn]:
+    """Up to `QA_TURNS` short answers of every type about one image, in one conversation.
+
+    LLaVA-1.5 merges the short-answer questions of one image into one conversation; on a small
+    budget that spends the image's tokens (and the system prompt) once for many supervised answers.
+    """
+    asked = [make(scene, rng, stats) for make in VQA_QUESTIONS.values()]
+    asked += [counting_qa(scene, rng, stats, by, absent_prob=0.15) for by in ("category", "kind")]
+    asked += [ocr_qa(scene, rng, stats), region_qa(scene, rng, stats)]
+    questions = [qa for qa in asked if qa is not None]
+    present = sorted(scene.counts())
+    strategy = rng.choice(POPE_STRATEGIES)
+    questions.append(pope_qa(rng.choice(present), True, strategy))
+    questions += [pope_qa(c, False, strategy) for c in pope_negatives(present, stats, strategy, 1, rng)]
+    return [_short(qa) for qa in _shuffled(rng, questions)[:QA_TURNS]]
+
+
 SAMPLE_BUILDERS: dict[str, Callable[[Scene, random.Random, WorldStats], list[Turn]]] = {
     "conversation": _turns_conversation,
     "detail": _turns_detail,
@@ -626,6 +648,7 @@ SAMPLE_BUILDERS: dict[str, Callable[[Scene, random.Random, WorldStats], list[Tur
     "ocr": _turns_ocr,
     "region": _turns_region,
     "pope": _turns_pope,
+    "qa": _turns_qa,
 }
 
 
@@ -665,12 +688,16 @@ def build_instruct_data(
     kinds: Sequence[str] = INSTRUCT_KINDS,
     seed: int = 0,
     stats: WorldStats | None = None,
+    per_scene: int = 1,
 ) -> list[dict[str, Any]]:
-    """Stage-2 samples: at most one per (scene, kind), id "<scene id>-<kind>".
+    """Stage-2 samples: at most `per_scene` per (scene, kind), id "<scene id>-<kind>" (then "-<kind>-1", ...).
 
     A kind that does not apply to a scene (OCR without a word) is skipped for it.
     `stats` (default: from `scenes`) gives POPE negatives and absent categories.
+    Each repeat draws its own questions (its own seed); the first is the single sample's.
     """
+    if per_scene < 1:
+        raise ValueError(f"per_scene must be at least 1, got {per_scene}")
     unknown = [k for k in kinds if k not in SAMPLE_BUILDERS]
     if unknown:
         raise ValueError(f"unknown instruction kinds {unknown}; known: {list(SAMPLE_BUILDERS)}")
@@ -679,10 +706,12 @@ def build_instruct_data(
     samples = []
     for scene in scenes:
         for kind in kinds:
-            rng = random.Random(f"llavakit-instruct:{seed}:{scene.id}:{kind}")
-            turns = SAMPLE_BUILDERS[kind](scene, rng, stats)
-            if turns:
-                samples.append(to_sample(f"{scene.id}-{kind}", scene.image, turns, rng))
+            for repeat in range(per_scene):
+                suffix = f"-{repeat}" if repeat else ""
+                rng = random.Random(f"llavakit-instruct:{seed}:{scene.id}:{kind}{suffix}")
+                turns = SAMPLE_BUILDERS[kind](scene, rng, stats)
+                if turns:
+                    samples.append(to_sample(f"{scene.id}-{kind}{suffix}", scene.image, turns, rng))
     return samples
 
 
