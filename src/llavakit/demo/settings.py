@@ -51,10 +51,6 @@ class DemoSettings:
     eval_batch: int = 32
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.stage2_kinds, list):  # JSON / YAML give lists; keep the dataclass hashable
-            object.__setattr__(self, "stage2_kinds", tuple(self.stage2_kinds))
-
     def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)
 

@@ -611,12 +611,16 @@ def _turns_region(scene, rng, stats) -> list[Turn]:
     return _shuffled(rng, turns)[: rng.randint(1, 2)]
 
 
-def _turns_pope(scene, rng, stats) -> list[Turn]:
+def _pope_pair(scene: Scene, rng: random.Random, stats: WorldStats) -> list[QA]:
+    """One present category and one absent one, asked under a random POPE strategy."""
     present = sorted(scene.counts())
     strategy = rng.choice(POPE_STRATEGIES)
-    turns = [_short(pope_qa(rng.choice(present), True, strategy))]
-    turns += [_short(pope_qa(c, False, strategy)) for c in pope_negatives(present, stats, strategy, 1, rng)]
-    return _shuffled(rng, turns)
+    questions = [pope_qa(rng.choice(present), True, strategy)]
+    return questions + [pope_qa(c, False, strategy) for c in pope_negatives(present, stats, strategy, 1, rng)]
+
+
+def _turns_pope(scene, rng, stats) -> list[Turn]:
+    return _shuffled(rng, [_short(qa) for qa in _pope_pair(scene, rng, stats)])
 
 
 QA_TURNS = 8
@@ -631,11 +635,7 @@ def _turns_qa(scene, rng, stats) -> list[Turn]:
     asked = [make(scene, rng, stats) for make in VQA_QUESTIONS.values()]
     asked += [counting_qa(scene, rng, stats, by, absent_prob=0.15) for by in ("category", "kind")]
     asked += [ocr_qa(scene, rng, stats), region_qa(scene, rng, stats)]
-    questions = [qa for qa in asked if qa is not None]
-    present = sorted(scene.counts())
-    strategy = rng.choice(POPE_STRATEGIES)
-    questions.append(pope_qa(rng.choice(present), True, strategy))
-    questions += [pope_qa(c, False, strategy) for c in pope_negatives(present, stats, strategy, 1, rng)]
+    questions = [qa for qa in asked if qa is not None] + _pope_pair(scene, rng, stats)
     return [_short(qa) for qa in _shuffled(rng, questions)[:QA_TURNS]]
 
 
