@@ -168,7 +168,12 @@ def pretrain_vision_tower(out: Path, world: DemoWorld, settings: DemoSettings, t
 
 
 def pretrain_language(out: Path, world: DemoWorld, settings: DemoSettings, tokenizer: Any) -> list[float]:
-    """Train the language model on the world's chat text and save it (`out/language`); returns the losses."""
+    """Train the language model on the world's chat text and save it (`out/language`); returns the losses.
+
+    Seeded here, before the weights are drawn: a process starts from a random torch seed, so an
+    unseeded initialisation would differ between two runs of the same recipe.
+    """
+    torch.manual_seed(settings.seed)
     language = LlamaForCausalLM(language_model_config(tokenizer, settings.text_hidden, settings.text_layers))
     lm_loop = LoopSettings(settings.lm_steps, settings.lm_batch, settings.lm_lr, settings.seed)
     pretrain_language_model(language, world.texts(STAGE2_TEMPLATE), tokenizer, settings.lm_context, lm_loop)
@@ -178,7 +183,6 @@ def pretrain_language(out: Path, world: DemoWorld, settings: DemoSettings, token
 
 def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> dict[str, list[tuple[int, float]]]:
     """Train and save the tokenizer, the CLIP model and the language model under `out`."""
-    torch.manual_seed(settings.seed)
     tokenizer = train_tokenizer(out, world, settings)
     clip_losses = pretrain_vision_tower(out, world, settings, tokenizer)
     lm_losses = pretrain_language(out, world, settings, tokenizer)
