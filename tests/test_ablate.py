@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -95,3 +96,17 @@ def test_quick_ablation_trains_and_scores_every_cell(tmp_path, capsys):
     again = json.loads((out / "ablations.json").read_text())
     assert all(len(runs_of_cell) == 2 for runs_of_cell in again["connector"].values())
     assert again["connector"]["linear"][0]["scores"] == linear_seed0["scores"]
+
+
+def test_a_folder_of_another_base_recipe_is_refused_naming_what_changed(tmp_path, capsys):
+    from llavakit.ablate.runs import Shared
+    from llavakit.ablate.settings import DEFAULT, QUICK
+
+    out = tmp_path / "ablate"
+    (out / "shared").mkdir(parents=True)
+    (out / "shared" / "settings.json").write_text(json.dumps(dataclasses.asdict(DEFAULT), sort_keys=True))
+    with pytest.raises(ConfigError, match=r"another base recipe \(.*scenes: 500 -> 80.*clip_steps: 300 -> 10"):
+        Shared.prepare(out, QUICK)
+    assert main(["ablate", "--quick", "--output", str(out)]) == 2
+    assert "use another --output folder" in capsys.readouterr().err
+    assert sorted(path.name for path in (out / "shared").iterdir()) == ["settings.json"]  # nothing was made

@@ -89,13 +89,25 @@ class Shared:
         return folder / "clip"
 
 
+def _recipe_changes(path: Path, settings: DemoSettings) -> str:
+    """The settings that differ between the folder's recipe and this one, as "name: there -> here"."""
+    try:
+        there = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return f"{path} is not valid JSON"
+    here = json.loads(json.dumps(dataclasses.asdict(settings)))
+    changed = [f"{name}: {there.get(name)!r} -> {value!r}" for name, value in here.items() if there.get(name) != value]
+    changed += [f"{name}: {there[name]!r} -> absent" for name in there if name not in here]
+    return ", ".join(changed) or "the same values, written differently"
+
+
 def _check_same_base(path: Path, settings: DemoSettings) -> None:
     """One output folder, one base recipe: its world and backbones were made for it."""
     wanted = json.dumps(dataclasses.asdict(settings), sort_keys=True)
     if path.exists() and path.read_text() != wanted:
         raise ConfigError(
-            f"{path.parent.parent} holds ablation runs of another base recipe (--quick and the default "
-            "differ): use another --output folder"
+            f"{path.parent.parent} holds ablation runs of another base recipe ({_recipe_changes(path, settings)}; "
+            "--quick and the default differ, and so may two llavakit versions): use another --output folder"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(wanted)
