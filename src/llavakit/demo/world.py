@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast
 
 from llavakit.demo.settings import DemoSettings
 from llavakit.processing.templates import IMAGE_PLACEHOLDER, get_template
-from llavakit.synthetic.instruct import build_instruct_data, write_instruct_files
+from llavakit.synthetic.instruct import build_instruct_data, write_instruct_files, write_json
 from llavakit.synthetic.world import describe, load_scenes, write_world
 from llavakit.tiny import build_tiny_tokenizer
 
@@ -70,7 +70,7 @@ def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
         per_scene=settings.stage2_per_image,
     )
     stage2_path = manifest.root / "stage2.json"
-    stage2_path.write_text(json.dumps(stage2, ensure_ascii=False), encoding="utf-8")
+    write_json(stage2_path, stage2)
     return DemoWorld(
         root=manifest.root,
         pretrain=files["pretrain"],

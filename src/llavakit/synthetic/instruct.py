@@ -801,8 +801,8 @@ def write_instruct_files(
         "documents": out / "documents.jsonl",
         "text": out / "text.jsonl",
     }
-    _write_json(paths["pretrain"], build_pretrain_data(train, seed))
-    _write_json(paths["instruct"], build_instruct_data(train, seed=seed))
+    write_json(paths["pretrain"], build_pretrain_data(train, seed))
+    write_json(paths["instruct"], build_instruct_data(train, seed=seed))
     _write_jsonl(paths["documents"], build_documents(train, seed))
     _write_jsonl(paths["text"], build_text_corpus(train))
     if test:
@@ -833,7 +833,8 @@ def _refuse_existing(out: Path, names: Sequence[str]) -> None:
         )
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """A LLaVA-style JSON file (one list of records), UTF-8 with LF line ends on every platform."""
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
         json.dump(data, handle, ensure_ascii=False, indent=1)
         handle.write("\n")
