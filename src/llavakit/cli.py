@@ -15,12 +15,13 @@ from typing import Any
 
 from llavakit.ablate.command import add_ablate_parser
 from llavakit.errors import LlavaKitError
+from llavakit.loading_options import add_loading_options, quantization_mode
 from llavakit.serve.command import add_serve_parser
 
 
 def _load_options(args: argparse.Namespace) -> dict[str, Any]:
     """`--device`, `--dtype`, `--device-map`, `--load-in-4bit/8bit` as `load_checkpoint`'s keyword arguments."""
-    quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
+    quantization = quantization_mode(args.load_in_4bit, args.load_in_8bit)
     return dict(device=args.device, dtype=args.dtype, device_map=args.device_map, quantization=quantization)
 
 
@@ -476,34 +477,6 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.config, overrides)
 
 
-def _add_loading_options(parser: argparse.ArgumentParser) -> None:
-    """How a checkpoint loads: the same options for chat and eval, passed to `load_checkpoint`."""
-    loading = parser.add_argument_group("loading the model")
-    loading.add_argument(
-        "--device", help="cpu, cuda, cuda:1, mps, ... (default: cpu; checked before loading; not with --device-map)"
-    )
-    loading.add_argument(
-        "--dtype",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="weights and compute dtype; auto: the checkpoint's own (default: float32 when the model runs on the "
-        "CPU, where half precision is slow and float16 slowest; auto when it runs on a GPU)",
-    )
-    loading.add_argument(
-        "--device-map",
-        choices=("auto", "balanced", "balanced_low_0", "sequential"),
-        help="spread the model over all GPUs, then the CPU (accelerate's big-model placement); replaces --device",
-    )
-    quantize = loading.add_mutually_exclusive_group()
-    quantize.add_argument(
-        "--load-in-4bit",
-        action="store_true",
-        help="quantize the language model to 4-bit NF4 (bitsandbytes, CUDA only); vision tower and connector stay",
-    )
-    quantize.add_argument(
-        "--load-in-8bit", action="store_true", help="quantize the language model to 8-bit (bitsandbytes, CUDA only)"
-    )
-
-
 def _add_chat(commands: argparse._SubParsersAction) -> None:
     """`llavakit chat`: ask a model about images, a video, or nothing."""
     chat = commands.add_parser(
@@ -523,7 +496,7 @@ def _add_chat(commands: argparse._SubParsersAction) -> None:
     chat.add_argument("--question", "-q", action="append", help="ask and exit; repeat for several turns")
     chat.add_argument("--max-new-tokens", type=int, default=64)
     chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    _add_loading_options(chat)
+    add_loading_options(chat)
     chat.set_defaults(run=_chat)
 
 
@@ -637,7 +610,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     judge.add_argument("--judge-prompt-price", type=float, help="price per million prompt tokens, for the cost line")
     judge.add_argument("--judge-completion-price", type=float, help="price per million completion tokens")
     judge.add_argument("--judge-cache-dir", help="request cache (default: judge_cache/ in --output)")
-    _add_loading_options(evaluation)
+    add_loading_options(evaluation)
     evaluation.set_defaults(run=_eval)
 
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from llavakit.errors import ConfigError, DataError
 from llavakit.eval.parallel import Ranks, check_parallel_placement, rank_device
 from llavakit.eval.runner import generate_answers
+from llavakit.loading_options import quantization_mode
 
 MODEL_NAME = "llavakit"
 # lmms-eval's own models answer up to this many tokens when a task names no limit.
@@ -151,7 +152,7 @@ class LlavaKitLmms(lmms):
         ranks = launch_ranks()
         check_parallel_placement(device_map, ranks)
         self._rank, self._world_size = ranks.rank, ranks.world_size
-        quantization = "4bit" if load_in_4bit else "8bit" if load_in_8bit else None
+        quantization = quantization_mode(load_in_4bit, load_in_8bit)
         place = rank_device(default_device(device, device_map, quantization), quantization, ranks)
         self._model, self._processor = load_checkpoint(
             pretrained,

@@ -17,28 +17,10 @@ import sys
 from pathlib import Path
 
 from llavakit.errors import ConfigError
+from llavakit.loading_options import add_loading_options, quantization_mode
 from llavakit.serve.settings import MIB, ServeSettings
 
 API_KEY_ENV = "LLAVAKIT_API_KEY"
-
-
-def _add_loading_options(parser: argparse.ArgumentParser) -> None:
-    """How the checkpoint loads: the options of `llavakit chat` and `llavakit eval`."""
-    loading = parser.add_argument_group("loading the model")
-    loading.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: cpu; not with --device-map)")
-    loading.add_argument(
-        "--dtype",
-        choices=("auto", "bfloat16", "float16", "float32"),
-        help="weights and compute dtype (default: float32 on the CPU, the checkpoint's own on a GPU)",
-    )
-    loading.add_argument(
-        "--device-map",
-        choices=("auto", "balanced", "balanced_low_0", "sequential"),
-        help="spread the model over all GPUs, then the CPU (accelerate's big-model placement); replaces --device",
-    )
-    quantize = loading.add_mutually_exclusive_group()
-    quantize.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 language model (CUDA only)")
-    quantize.add_argument("--load-in-8bit", action="store_true", help="8-bit language model (CUDA only)")
 
 
 def _add_limits(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +71,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     _add_limits(serve)
-    _add_loading_options(serve)
+    add_loading_options(serve)
     serve.set_defaults(run=run_serve)
 
 
@@ -146,7 +128,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.api_key is None and not _is_loopback(args.host):
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     sock = _listen(args.host, args.port)
-    quantization = "4bit" if args.load_in_4bit else "8bit" if args.load_in_8bit else None
+    quantization = quantization_mode(args.load_in_4bit, args.load_in_8bit)
     model, processor = load_chat_model(
         args.checkpoint, args.device, args.dtype, device_map=args.device_map, quantization=quantization
     )
