@@ -1,6 +1,6 @@
 """`llavakit ablate`: the papers' design findings, rerun at toy scale on the synthetic world.
 
-    llavakit ablate                                  # every study, 3 seeds (under 2 hours on 2 cores)
+    llavakit ablate                                  # every study, 3 seeds (about an hour on 2 cores)
     llavakit ablate --study connector resolution --seeds 5 --output runs/ablate
     llavakit ablate --quick                          # two cells a study, a tiny world: a smoke run
 
@@ -27,11 +27,11 @@ DEFAULT_OUTPUT = "runs/ablate"
 def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "ablate",
-        help="rerun the papers' design findings at toy scale (under 2 hours for the default on 2 cores)",
+        help="rerun the papers' design findings at toy scale (about an hour for the default on 2 cores)",
         description=(
             "Trains a small grid per study on the synthetic world through llavakit train's code, scores each "
             "run on the same held-out questions and writes tables, plots and whether each paper finding "
-            "reproduces. The default (every study, 3 seeds, 48 runs) takes under 2 hours on 2 CPU cores; --quick "
+            "reproduces. The default (every study, 3 seeds, 48 runs) takes about an hour on 2 CPU cores; --quick "
             "takes a few minutes. Runs are cached in OUTPUT/runs by their resolved configs."
         ),
     )
