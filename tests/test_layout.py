@@ -20,11 +20,12 @@ import llavakit
 PACKAGE = Path(llavakit.__file__).resolve().parent
 
 # Foundation modules every package may use (they import no other llavakit module).
-FOUNDATION = {"config_files", "errors", "output_paths"}
+FOUNDATION = {"config_files", "errors", "loading_options", "output_paths"}
 # Package -> the packages it may import (itself always). The top-level `__init__` re-exports lazily.
 ALLOWED = {
     "config_files": {"errors"},
     "errors": set(),
+    "loading_options": {"errors"},
     "output_paths": {"errors"},
     "model": set(),
     "processing": {"model"},

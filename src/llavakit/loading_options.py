@@ -1,4 +1,4 @@
-"""The command-line options that say how a checkpoint loads, shared by chat, eval and serve."""
+"""The command-line options that say how a checkpoint loads, shared by chat, eval and serve (a foundation module)."""
 
 from __future__ import annotations
 
