@@ -89,13 +89,15 @@ class Shared:
         return folder / "clip"
 
 
-def _recipe_changes(path: Path, settings: DemoSettings) -> str:
-    """The settings that differ between the folder's recipe and this one, as "name: there -> here"."""
+def _recipe_changes(stored: str, settings: DemoSettings) -> str:
+    """The settings that differ between a folder's recipe (its JSON text) and this one, in field order."""
     try:
-        there = json.loads(path.read_text())
+        there = json.loads(stored)
     except json.JSONDecodeError:
-        return f"{path} is not valid JSON"
-    here = json.loads(json.dumps(dataclasses.asdict(settings)))
+        there = None
+    if not isinstance(there, dict):
+        return "its settings.json is not a JSON object of settings"
+    here = json.loads(json.dumps(dataclasses.asdict(settings)))  # tuples as JSON lists, like the stored text
     changed = [f"{name}: {there.get(name)!r} -> {value!r}" for name, value in here.items() if there.get(name) != value]
     changed += [f"{name}: {there[name]!r} -> absent" for name in there if name not in here]
     return ", ".join(changed) or "the same values, written differently"
@@ -104,9 +106,10 @@ def _recipe_changes(path: Path, settings: DemoSettings) -> str:
 def _check_same_base(path: Path, settings: DemoSettings) -> None:
     """One output folder, one base recipe: its world and backbones were made for it."""
     wanted = json.dumps(dataclasses.asdict(settings), sort_keys=True)
-    if path.exists() and path.read_text() != wanted:
+    stored = path.read_text() if path.exists() else wanted
+    if stored != wanted:
         raise ConfigError(
-            f"{path.parent.parent} holds ablation runs of another base recipe ({_recipe_changes(path, settings)}; "
+            f"{path.parent.parent} holds ablation runs of another base recipe ({_recipe_changes(stored, settings)}; "
             "--quick and the default differ, and so may two llavakit versions): use another --output folder"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
