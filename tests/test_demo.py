@@ -105,9 +105,8 @@ def test_grouped_metrics_and_baselines_match_the_predictions(demo):
 
 
 # set, category (None: the whole set), lower bound as a multiple of chance, margin over majority.
-# Measured on the quick run (seed 0, 2-core x86_64) with the earlier hand-written backbone schedule:
-# colour 49.0 % (chance 16.7, majority 33.3), region 15.0 % (chance 4.2, majority 9.5); the run with
-# transformers' warmup + cosine schedule passes the same bounds.
+# Measured on the quick run (seed 0, 2-core x86_64, 800 scenes, 200 questions a set): colour 50.0 %
+# (48 questions; chance 16.7, majority 29.2), region 21.9 % (160 questions; chance 4.2, majority 13.1).
 GROUNDED_BOUNDS = [("vqa", "colour", 2.0, 0.05), ("region", None, 2.5, 0.0)]
 
 

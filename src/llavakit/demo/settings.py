@@ -58,9 +58,9 @@ class DemoSettings:
 PRESETS: dict[str, DemoSettings] = {
     "full": DemoSettings(),
     "quick": DemoSettings(
-        scenes=1200,
-        clip_steps=200,
-        lm_steps=100,
+        scenes=800,
+        clip_steps=150,
+        lm_steps=80,
         eval_per_set=200,
     ),
 }
