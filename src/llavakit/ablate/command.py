@@ -32,7 +32,7 @@ def add_ablate_parser(commands: argparse._SubParsersAction) -> None:
             "Trains a small grid per study on the synthetic world through llavakit train's code, scores each "
             "run on the same held-out questions and writes tables, plots and whether each paper finding "
             "reproduces. The default (every study, 3 seeds, 48 runs) takes about an hour on 2 CPU cores; --quick "
-            "takes a few minutes. Runs are cached in OUTPUT/runs by their resolved configs."
+            "takes under 2 minutes. Runs are cached in OUTPUT/runs by their resolved configs."
         ),
     )
     parser.add_argument(

@@ -26,7 +26,7 @@ DEFAULT = DemoSettings(
     max_length=512,  # room for 144 visual tokens (the MM1 study) beside the longest conversations
     eval_per_set=200,
 )
-QUICK = DEFAULT.replace(scenes=80, clip_steps=10, clip_batch=32, lm_steps=10, eval_per_set=20)
+QUICK = DEFAULT.replace(scenes=80, clip_steps=10, clip_batch=32, lm_steps=10, stage2_per_image=1, eval_per_set=20)
 
 
 def preset_for(quick: bool) -> DemoSettings:
