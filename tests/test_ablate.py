@@ -110,3 +110,16 @@ def test_a_folder_of_another_base_recipe_is_refused_naming_what_changed(tmp_path
     assert main(["ablate", "--quick", "--output", str(out)]) == 2
     assert "use another --output folder" in capsys.readouterr().err
     assert sorted(path.name for path in (out / "shared").iterdir()) == ["settings.json"]  # nothing was made
+
+
+@pytest.mark.parametrize("stored", ["{not json", "[1, 2]"])
+def test_a_folder_whose_settings_file_holds_no_settings_is_refused_by_name(tmp_path, stored):
+    from llavakit.ablate.runs import Shared
+    from llavakit.ablate.settings import QUICK
+
+    settings = tmp_path / "ablate" / "shared" / "settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(stored)
+    with pytest.raises(ConfigError, match=r"another base recipe \(its settings.json is not a JSON object of settings"):
+        Shared.prepare(tmp_path / "ablate", QUICK)
+    assert settings.read_text() == stored and sorted(settings.parent.iterdir()) == [settings]  # nothing overwritten
