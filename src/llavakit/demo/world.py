@@ -6,8 +6,9 @@ used for evaluation and for the final question.
 The language model learns from the training conversations rendered in the chat template,
 with each image replaced by the scene's symbolic description: the text-only view of the
 world that LLaVA gave GPT-4 to write its instruction data. The tiny LM thus arrives at
-stage 1 as a chat model that already answers questions about a scene it is told about,
-and the connector's job is to tell it about the scene in pictures instead of words.
+stage 1 knowing the chat format, the world's words and its answers' priors; in the demo's
+budget it does not yet look an answer up in the told scene (README, demo status), which is
+what the connector's pictures must then feed.
 """
 
 from __future__ import annotations
