@@ -10,6 +10,8 @@ import re
 import pytest
 
 from llavakit.ablate.report import CellStats, judge_finding, judge_ranking
+from llavakit.ablate.runs import Shared
+from llavakit.ablate.settings import DEFAULT, QUICK
 from llavakit.ablate.studies import STUDIES, Finding, Ranking, select_studies
 from llavakit.cli import main
 from llavakit.errors import ConfigError
@@ -99,9 +101,6 @@ def test_quick_ablation_trains_and_scores_every_cell(tmp_path, capsys):
 
 
 def test_a_folder_of_another_base_recipe_is_refused_naming_what_changed(tmp_path, capsys):
-    from llavakit.ablate.runs import Shared
-    from llavakit.ablate.settings import DEFAULT, QUICK
-
     out = tmp_path / "ablate"
     (out / "shared").mkdir(parents=True)
     (out / "shared" / "settings.json").write_text(json.dumps(dataclasses.asdict(DEFAULT), sort_keys=True))
@@ -114,9 +113,6 @@ def test_a_folder_of_another_base_recipe_is_refused_naming_what_changed(tmp_path
 
 @pytest.mark.parametrize("stored", ["{not json", "[1, 2]"])
 def test_a_folder_whose_settings_file_holds_no_settings_is_refused_by_name(tmp_path, stored):
-    from llavakit.ablate.runs import Shared
-    from llavakit.ablate.settings import QUICK
-
     settings = tmp_path / "ablate" / "shared" / "settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text(stored)
