@@ -7,7 +7,7 @@ The language model learns from the training conversations rendered in the chat t
 with each image replaced by the scene's symbolic description: the text-only view of the
 world that LLaVA gave GPT-4 to write its instruction data. The tiny LM thus arrives at
 stage 1 knowing the chat format, the world's words and its answers' priors; in the demo's
-budget it does not yet look an answer up in the told scene (README, demo status), which is
+budget it does not yet look an answer up in the told scene (`docs/demo.md`), which is
 what the connector's pictures must then feed.
 """
 
