@@ -121,7 +121,7 @@ def test_held_out_accuracy_far_above_chance(demo, name, category, times_chance, 
 
 def test_every_phase_trained(demo):
     assert list(demo.losses) == [
-        "CLIP pretraining",
+        "vision tower pretraining",
         "LM pretraining",
         "stage 1 (alignment)",
         "stage 2 (instruction tuning)",
@@ -132,7 +132,7 @@ def test_every_phase_trained(demo):
         head, tail = sum(values[:3]) / 3, sum(values[-3:]) / 3
         assert tail < head, (phase, head, tail)
     # one loss per optimizer step: the backbones' loops run their settings' steps, the stages log every step
-    steps = {"CLIP pretraining": SETTINGS.clip_steps, "LM pretraining": SETTINGS.lm_steps}
+    steps = {"vision tower pretraining": SETTINGS.tower_steps, "LM pretraining": SETTINGS.lm_steps}
     for phase, losses in demo.losses.items():
         expected = range(1, steps[phase] + 1) if phase in steps else range(1, len(losses) + 1)
         assert [step for step, _ in losses] == list(expected), phase

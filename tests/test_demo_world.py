@@ -50,9 +50,10 @@ def test_stage2_trains_on_the_settings_kinds_from_training_images_only(world):
     assert {record["id"].split("-")[1] for record in records} == set(settings.stage2_kinds)
 
 
-def test_backbones_are_the_same_whatever_the_process_random_state(world, tmp_path):
+@pytest.mark.parametrize("vision_pretraining", ["labels", "clip"])
+def test_backbones_are_the_same_whatever_the_process_random_state(world, tmp_path, vision_pretraining):
     """Each backbone draws its weights from the recipe's seed: a process starts from a random torch seed,
-    and the ablation builds the language model and the CLIP towers in separate calls."""
+    and the ablation builds the language model and the vision towers in separate calls."""
     import torch
     from safetensors.torch import load_file
 
@@ -60,6 +61,9 @@ def test_backbones_are_the_same_whatever_the_process_random_state(world, tmp_pat
 
     settings = preset("quick").replace(
         vocab_size=320,
+        vision_pretraining=vision_pretraining,
+        tower_scenes=8,
+        tower_steps=2,
         clip_steps=2,
         clip_batch=4,
         lm_steps=2,

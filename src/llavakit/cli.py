@@ -505,7 +505,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
-        description="Generates a synthetic world of shapes, pretrains a tiny CLIP and language model on it, "
+        description="Generates a synthetic world of shapes, pretrains a tiny vision tower and language model on it, "
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
         "and answers a question. Offline; about 8 minutes on 2 CPU cores (--size quick: about 5).",
     )

@@ -54,7 +54,7 @@ class LoopSettings:
         return max(1, self.steps // 20)
 
 
-def _batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
     """Endless shuffled index batches (epoch after epoch)."""
     while True:
         order = list(range(n))
@@ -63,10 +63,11 @@ def _batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]
             yield order[start : start + batch_size]
 
 
-def _train_loop(
-    model: PreTrainedModel, settings: LoopSettings, batches: Iterator[dict[str, torch.Tensor]], description: str
+def train_loop(
+    model: torch.nn.Module, settings: LoopSettings, batches: Iterator[dict[str, torch.Tensor]], description: str
 ) -> None:
-    """AdamW with linear warmup then cosine decay over `settings.steps` batches of model kwargs."""
+    """AdamW with linear warmup then cosine decay over `settings.steps` batches of model kwargs
+    (the model's output has a `.loss`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.steps)
     model.train()
@@ -87,7 +88,7 @@ def _train_loop(
 def _clip_batches(
     pixels: torch.Tensor, captions: list[list[int]], pad_id: int, settings: LoopSettings
 ) -> Iterator[dict[str, torch.Tensor]]:
-    for indices in _batches(len(captions), settings.batch_size, random.Random(settings.seed)):
+    for indices in shuffled_batches(len(captions), settings.batch_size, random.Random(settings.seed)):
         longest = max(len(captions[i]) for i in indices)
         ids = torch.full((len(indices), longest), pad_id)
         mask = torch.zeros_like(ids)
@@ -139,7 +140,7 @@ def pretrain_clip(
         projection_dim=hidden_size,
     )
     model = CLIPModel(config)
-    _train_loop(model, settings, _clip_batches(pixels, tokenized, tokenizer.pad_token_id, settings), "CLIP pretraining")
+    train_loop(model, settings, _clip_batches(pixels, tokenized, tokenizer.pad_token_id, settings), "CLIP pretraining")
     return model
 
 
@@ -161,9 +162,9 @@ def pretrain_language_model(
     chunks = torch.tensor(stream[:usable]).view(-1, context)
     batches = (
         dict(input_ids=chunks[indices], labels=chunks[indices])
-        for indices in _batches(len(chunks), settings.batch_size, random.Random(settings.seed))
+        for indices in shuffled_batches(len(chunks), settings.batch_size, random.Random(settings.seed))
     )
-    _train_loop(model, settings, batches, "language model pretraining")
+    train_loop(model, settings, batches, "language model pretraining")
     return model
 
 

@@ -1,6 +1,6 @@
 """`llavakit demo`: the whole LLaVA recipe on a laptop, from nothing to answered questions.
 
-    world -> tokenizer -> CLIP pretraining -> LM pretraining
+    world -> tokenizer -> vision tower pretraining -> LM pretraining
           -> stage 1 (connector alignment) -> stage 2 (instruction tuning)
           -> evaluation on the held-out split -> loss curves -> an answered question
 
@@ -33,10 +33,12 @@ from llavakit.demo.backbones import (
     vision_half,
 )
 from llavakit.demo.settings import DemoSettings
+from llavakit.demo.tower import pretrain_labelled_tower
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
 from llavakit.eval.questions import read_questions
 from llavakit.model.build import ModelSpec
 from llavakit.output_paths import prepare_output_dir
+from llavakit.synthetic.world import Scene, generate_world
 from llavakit.train.config import (
     DataConfig,
     DatasetConfig,
@@ -48,6 +50,7 @@ from llavakit.train.config import (
 from llavakit.train.plots import plot_loss_panels
 
 STAGE2_TEMPLATE = "vicuna_v1"
+TOWER_SEED_OFFSET = 10_000  # the labelled tower's scenes: another world draw than the demo's own
 
 
 @dataclass
@@ -150,7 +153,9 @@ def train_tokenizer(out: Path, world: DemoWorld, settings: DemoSettings) -> Any:
 
 
 def pretrain_vision_tower(out: Path, world: DemoWorld, settings: DemoSettings, tokenizer: Any) -> list[float]:
-    """Train CLIP on the world's captions and save its vision half (`out/clip`); returns the losses."""
+    """Train the vision tower as `settings.vision_pretraining` says and save it (`out/clip`); returns the losses."""
+    if settings.vision_pretraining == "labels":
+        return _pretrain_on_labels(out, settings)
     images, captions = world.caption_pairs()
     clip_loop = LoopSettings(settings.clip_steps, settings.clip_batch, settings.clip_lr, settings.seed)
     clip = pretrain_clip(
@@ -165,6 +170,27 @@ def pretrain_vision_tower(out: Path, world: DemoWorld, settings: DemoSettings, t
     )
     vision_half(clip).save_pretrained(out / "clip")
     return clip_loop.losses
+
+
+def tower_scenes(settings: DemoSettings) -> list[Scene]:
+    """Fresh scenes of the demo's world for the labelled tower, from their own seed: the held-out
+    split is never among them."""
+    return generate_world(settings.tower_scenes, seed=TOWER_SEED_OFFSET + settings.seed)
+
+
+def _pretrain_on_labels(out: Path, settings: DemoSettings) -> list[float]:
+    loop = LoopSettings(settings.tower_steps, settings.clip_batch, settings.clip_lr, settings.seed)
+    tower = pretrain_labelled_tower(
+        tower_scenes(settings),
+        settings.image_size,
+        settings.patch_size,
+        settings.vision_hidden,
+        settings.vision_layers,
+        loop,
+        kind_weight=settings.tower_kind_weight,
+    )
+    tower.save_pretrained(out / "clip")
+    return loop.losses
 
 
 def pretrain_language(out: Path, world: DemoWorld, settings: DemoSettings, tokenizer: Any) -> list[float]:
@@ -182,12 +208,12 @@ def pretrain_language(out: Path, world: DemoWorld, settings: DemoSettings, token
 
 
 def pretrain_backbones(out: Path, world: DemoWorld, settings: DemoSettings) -> dict[str, list[tuple[int, float]]]:
-    """Train and save the tokenizer, the CLIP model and the language model under `out`."""
+    """Train and save the tokenizer, the vision tower and the language model under `out`."""
     tokenizer = train_tokenizer(out, world, settings)
-    clip_losses = pretrain_vision_tower(out, world, settings, tokenizer)
+    tower_losses = pretrain_vision_tower(out, world, settings, tokenizer)
     lm_losses = pretrain_language(out, world, settings, tokenizer)
     return {
-        "CLIP pretraining": list(enumerate(clip_losses, 1)),
+        "vision tower pretraining": list(enumerate(tower_losses, 1)),
         "LM pretraining": list(enumerate(lm_losses, 1)),
     }
 
@@ -272,7 +298,7 @@ def run_demo(
 
     world = phases.run("synthetic world", make_world, out / "world", settings)
     losses = phases.run(
-        "backbone pretraining (CLIP + language model)", pretrain_backbones, out / "backbones", world, settings
+        "backbone pretraining (vision tower + language model)", pretrain_backbones, out / "backbones", world, settings
     )
     stage1 = phases.run("stage 1: align the connector", run_training, stage1_config(out, world, settings))
     losses["stage 1 (alignment)"] = stage1.losses

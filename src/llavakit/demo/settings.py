@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+VISION_PRETRAINING = ("labels", "clip")
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -20,12 +22,16 @@ class DemoSettings:
     image_size: int = 64
     patch_size: int = 8
     vocab_size: int = 640
-    # vision tower (CLIP) pretraining
+    # vision tower pretraining: "labels" (what each scene holds, `llavakit.demo.tower`) or "clip" (captions)
+    vision_pretraining: str = "labels"
     vision_hidden: int = 96
     vision_layers: int = 4
+    tower_scenes: int = 9500  # fresh scenes of the same world, drawn for the labelled tower only
+    tower_steps: int = 1000
+    tower_kind_weight: float = 3.0
     clip_steps: int = 300
-    clip_batch: int = 64
-    clip_lr: float = 2e-3
+    clip_batch: int = 64  # the batch of either pretraining
+    clip_lr: float = 2e-3  # the rate of either pretraining
     # language model pretraining
     text_hidden: int = 128
     text_layers: int = 4
@@ -51,6 +57,12 @@ class DemoSettings:
     eval_batch: int = 32
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.vision_pretraining not in VISION_PRETRAINING:
+            raise ValueError(
+                f"unknown vision_pretraining {self.vision_pretraining!r}; choose one of {', '.join(VISION_PRETRAINING)}"
+            )
+
     def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)
 
@@ -59,6 +71,8 @@ PRESETS: dict[str, DemoSettings] = {
     "full": DemoSettings(),
     "quick": DemoSettings(
         scenes=800,
+        tower_scenes=4000,
+        tower_steps=400,
         clip_steps=150,
         lm_steps=80,
         eval_per_set=200,

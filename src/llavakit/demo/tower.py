@@ -1,0 +1,127 @@
+"""Pretrain the demo's vision tower on what each scene holds, instead of on its caption.
+
+Why not CLIP: a batch of captions is told apart by colour, counts and the word, so the
+contrastive loss never needs shape, and the tiny tower's tokens hold none (`docs/demo.md`).
+Trained instead to say which object kinds, colours, categories (colour + kind), sizes and
+word a scene holds (one binary label each, as ViTs were trained on ImageNet / JFT labels),
+on the mean of the tokens LLaVA reads (layer -2), the tower puts shape as well as colour
+into every token, where the LLM can read them. The scenes are fresh ones of the same world
+(never the held-out split), rendered in memory: thousands of distinct images are what this
+tower needs to learn shape rather than memorise.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from llavakit.demo.backbones import LoopSettings, shuffled_batches, train_loop
+from llavakit.processing.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig, preprocess
+from llavakit.synthetic.world import COLOUR_RGB, KINDS, SIZES, Scene, WorldConfig, render_scene
+
+FEATURE_LAYER = -2  # the layer LLaVA's connector reads: the labels shape what the LLM sees
+
+
+@dataclass(frozen=True)
+class SceneLabels:
+    """The vocabulary of the binary labels: one per kind, colour, category, size and word."""
+
+    kinds: tuple[str, ...] = KINDS
+    colours: tuple[str, ...] = tuple(COLOUR_RGB)
+    sizes: tuple[str, ...] = SIZES
+    words: tuple[str, ...] = WorldConfig().words
+
+    @property
+    def names(self) -> list[str]:
+        categories = [f"{colour} {kind}" for colour in self.colours for kind in self.kinds]
+        return [*self.kinds, *self.colours, *categories, *self.sizes, *(f"word {w}" for w in self.words)]
+
+    def of(self, scene: Scene) -> np.ndarray:
+        """1.0 for every label the scene holds; an unknown word or attribute is an error naming the scene."""
+        index = {name: i for i, name in enumerate(self.names)}
+        present = [name for obj in scene.objects for name in (obj.kind, obj.colour, obj.category, obj.size)]
+        if scene.word is not None:
+            present.append(f"word {scene.word.text}")
+        unknown = sorted(set(present) - set(index))
+        if unknown:
+            raise ValueError(f"scene {scene.id!r}: labels {unknown} are not in the tower's vocabulary")
+        labels = np.zeros(len(index), dtype=np.float32)
+        labels[[index[name] for name in present]] = 1.0
+        return labels
+
+
+@dataclass
+class TowerOutput:
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+class LabelledTower(nn.Module):
+    """A CLIP vision tower with one linear head on the mean of its layer -2 patch tokens.
+
+    The loss averages the binary cross-entropy over every label, scaled by `label_weight` so
+    that labels a scene rarely holds still move the tower, and adds the kinds' own average
+    times `kind_weight`: shape is the slowest attribute for this tower to learn.
+    """
+
+    def __init__(self, config: CLIPVisionConfig, num_labels: int, label_weight: float, kind_weight: float):
+        super().__init__()
+        self.tower = CLIPVisionModel(config)
+        self.head = nn.Linear(config.hidden_size, num_labels)
+        self.label_weight, self.kind_weight = label_weight, kind_weight
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> TowerOutput:
+        hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[FEATURE_LAYER]
+        logits = self.head(hidden[:, 1:].mean(dim=1))  # patch tokens only, as LLaVA's default strategy
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        loss = self.label_weight * bce.mean() + self.kind_weight * bce[:, : len(KINDS)].mean()
+        return TowerOutput(loss, logits)
+
+
+def _label_batches(
+    pixels: torch.Tensor, labels: torch.Tensor, settings: LoopSettings
+) -> Iterator[dict[str, torch.Tensor]]:
+    for indices in shuffled_batches(len(labels), settings.batch_size, random.Random(settings.seed)):
+        yield dict(pixel_values=pixels[indices], labels=labels[indices])
+
+
+def render_pixels(scenes: Sequence[Scene], image_size: int) -> torch.Tensor:
+    """The scenes drawn in memory and preprocessed as the demo's processor does (square, CLIP's statistics)."""
+    config = ImageProcessingConfig(mode="square", size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+    return torch.from_numpy(np.stack([preprocess(render_scene(scene), config) for scene in scenes]))
+
+
+def pretrain_labelled_tower(
+    scenes: Sequence[Scene],
+    image_size: int,
+    patch_size: int,
+    hidden_size: int,
+    num_layers: int,
+    settings: LoopSettings,
+    kind_weight: float = 3.0,
+    label_weight: float = 10.0,
+) -> CLIPVisionModel:
+    """A tiny CLIP vision tower trained to name what each scene holds; returns the tower without its head."""
+    if len(scenes) < settings.batch_size:
+        raise ValueError(f"the tower needs at least one batch of scenes: {len(scenes)} < {settings.batch_size}")
+    torch.manual_seed(settings.seed)
+    vocabulary = SceneLabels()
+    labels = torch.from_numpy(np.stack([vocabulary.of(scene) for scene in scenes]))
+    pixels = render_pixels(scenes, image_size)
+    config = CLIPVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    model = LabelledTower(config, len(vocabulary.names), label_weight, kind_weight)
+    train_loop(model, settings, _label_batches(pixels, labels, settings), "vision tower pretraining")
+    return model.tower

@@ -1,0 +1,92 @@
+"""The demo's labelled vision tower: its labels are the scene's truth, and training beats the label prior."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from llavakit.demo.backbones import LoopSettings, train_loop
+from llavakit.demo.settings import DemoSettings
+from llavakit.demo.tower import (
+    LabelledTower,
+    SceneLabels,
+    _label_batches,
+    pretrain_labelled_tower,
+    render_pixels,
+)
+from llavakit.synthetic.world import Scene, SceneObject, SceneWord, generate_world
+
+
+def _scene(word: str | None = "CAT") -> Scene:
+    objects = (
+        SceneObject("circle", "red", "small", (2, 2, 11, 11), "top left"),
+        SceneObject("circle", "blue", "large", (30, 30, 19, 19), "bottom right"),
+    )
+    written = SceneWord(word, (40, 4, 17, 7), "top right", "black") if word else None
+    return Scene(64, 64, "white", objects, written, "s1")
+
+
+def test_labels_name_exactly_what_the_scene_holds():
+    vocabulary = SceneLabels()
+    labels = vocabulary.of(_scene())
+    held = {name for name, value in zip(vocabulary.names, labels) if value == 1.0}
+    assert held == {"circle", "red", "blue", "red circle", "blue circle", "small", "large", "word CAT"}
+    assert labels.sum() == len(held) and len(labels) == len(vocabulary.names) == len(set(vocabulary.names))
+    assert "word CAT" not in {n for n, v in zip(vocabulary.names, vocabulary.of(_scene(None))) if v}
+
+
+def test_an_unknown_word_names_the_scene():
+    with pytest.raises(ValueError, match=r"scene 's1'.*word ZEBRA"):
+        SceneLabels().of(_scene("ZEBRA"))
+
+
+def test_unknown_pretraining_is_refused():
+    with pytest.raises(ValueError, match=r"unknown vision_pretraining 'dino'.*labels, clip"):
+        DemoSettings(vision_pretraining="dino")
+
+
+def _prior_loss(labels: torch.Tensor, model: LabelledTower) -> float:
+    """The tower's loss for a constant guess of each label's frequency: what it must beat."""
+    p = labels.mean(dim=0, keepdim=True).clamp(1e-4, 1 - 1e-4).expand_as(labels)
+    logits = torch.log(p / (1 - p))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (model.label_weight * bce.mean() + model.kind_weight * bce[:, :4].mean()).item()
+
+
+def test_training_learns_more_than_the_label_frequencies():
+    torch.manual_seed(0)
+    scenes = generate_world(256, seed=3)
+    vocabulary = SceneLabels()
+    labels = torch.from_numpy(np.stack([vocabulary.of(scene) for scene in scenes]))
+    pixels = render_pixels(scenes, 32)
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    model = LabelledTower(config, len(vocabulary.names), label_weight=10.0, kind_weight=3.0)
+    settings = LoopSettings(steps=400, batch_size=32, lr=5e-3)
+    train_loop(model, settings, _label_batches(pixels, labels, settings), "test tower")
+    with torch.no_grad():
+        trained = model(pixel_values=pixels, labels=labels).loss.item()
+    assert trained < 0.8 * _prior_loss(labels, model), (trained, _prior_loss(labels, model))
+
+
+def test_pretrained_tower_is_a_clip_vision_model_that_reloads(tmp_path):
+    scenes = generate_world(16, seed=1)
+    tower = pretrain_labelled_tower(scenes, 32, 8, 32, 1, LoopSettings(steps=3, batch_size=8, lr=1e-3))
+    assert isinstance(tower, CLIPVisionModel) and tower.config.image_size == 32
+    tower.save_pretrained(tmp_path)
+    pixels = render_pixels(scenes[:2], 32)
+    with torch.no_grad():
+        before = tower(pixel_values=pixels).last_hidden_state
+        after = CLIPVisionModel.from_pretrained(tmp_path)(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(before, after)
+    assert dataclasses.asdict(DemoSettings())["vision_pretraining"] == "labels"
+
+
+def test_too_few_scenes_for_a_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one batch of scenes: 4 < 8"):
+        pretrain_labelled_tower(generate_world(4, seed=1), 32, 8, 32, 1, LoopSettings(steps=1, batch_size=8, lr=1e-3))
