@@ -71,8 +71,8 @@ PRESETS: dict[str, DemoSettings] = {
     "full": DemoSettings(),
     "quick": DemoSettings(
         scenes=800,
-        tower_scenes=4000,
-        tower_steps=400,
+        tower_scenes=3000,
+        tower_steps=300,
         clip_steps=150,
         lm_steps=80,
         eval_per_set=200,
