@@ -173,8 +173,8 @@ def pretrain_vision_tower(out: Path, world: DemoWorld, settings: DemoSettings, t
 
 
 def tower_scenes(settings: DemoSettings) -> list[Scene]:
-    """Fresh scenes of the demo's world for the labelled tower, from their own seed: the held-out
-    split is never among them."""
+    """Fresh scenes of the demo's world for the labelled tower, drawn from their own seed rather than
+    taken from the demo's world, so its held-out split is not what the tower learns from."""
     return generate_world(settings.tower_scenes, seed=TOWER_SEED_OFFSET + settings.seed)
 
 

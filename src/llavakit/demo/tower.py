@@ -5,8 +5,8 @@ contrastive loss never needs shape, and the tiny tower's tokens hold none (`docs
 Trained instead to say which object kinds, colours, categories (colour + kind), sizes and
 word a scene holds (one binary label each, as ViTs were trained on ImageNet / JFT labels),
 on the mean of the tokens LLaVA reads (layer -2), the tower puts shape as well as colour
-into every token, where the LLM can read them. The scenes are fresh ones of the same world
-(never the held-out split), rendered in memory: thousands of distinct images are what this
+into every token, where the LLM can read them. The scenes are fresh draws of the same world
+(not the demo's held-out split), rendered in memory: thousands of distinct images are what this
 tower needs to learn shape rather than memorise.
 """
 
