@@ -17,8 +17,10 @@ from llavakit.demo.tower import (
     _label_batches,
     pretrain_labelled_tower,
     render_pixels,
+    render_scenes,
 )
-from llavakit.synthetic.world import Scene, SceneObject, SceneWord, generate_world
+from llavakit.processing.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig, preprocess
+from llavakit.synthetic.world import Scene, SceneObject, SceneWord, generate_world, render_scene
 
 
 def _scene(word: str | None = "CAT") -> Scene:
@@ -62,16 +64,29 @@ def test_training_learns_more_than_the_label_frequencies():
     scenes = generate_world(256, seed=3)
     vocabulary = SceneLabels()
     labels = torch.from_numpy(np.stack([vocabulary.of(scene) for scene in scenes]))
-    pixels = render_pixels(scenes, 32)
+    images, pixels = render_scenes(scenes, 32), render_pixels(scenes, 32)
     config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
     )
     model = LabelledTower(config, len(vocabulary.names), label_weight=10.0, kind_weight=3.0)
     settings = LoopSettings(steps=400, batch_size=32, lr=5e-3)
-    train_loop(model, settings, _label_batches(pixels, labels, settings), "test tower")
+    train_loop(model, settings, _label_batches(images, labels, settings), "test tower")
     with torch.no_grad():
         trained = model(pixel_values=pixels, labels=labels).loss.item()
     assert trained < 0.8 * _prior_loss(labels, model), (trained, _prior_loss(labels, model))
+
+
+def test_stored_scenes_give_the_processors_pixels():
+    """The tower keeps uint8 images and normalises each batch; that must equal `preprocess` exactly."""
+    scenes = generate_world(6, seed=2)
+    images = render_scenes(scenes, 48)
+    assert images.dtype == np.uint8 and images.shape == (6, 48, 48, 3)
+    config = ImageProcessingConfig(mode="square", size=48, mean=CLIP_MEAN, std=CLIP_STD)
+    expected = np.stack([preprocess(render_scene(scene), config) for scene in scenes])
+    np.testing.assert_array_equal(render_pixels(scenes, 48).numpy(), expected)
+    batch = next(_label_batches(images, torch.zeros(6, 3), LoopSettings(steps=1, batch_size=6, lr=1e-3)))
+    order = [int(np.flatnonzero((expected == row.numpy()).all(axis=(1, 2, 3)))[0]) for row in batch["pixel_values"]]
+    assert sorted(order) == list(range(6))
 
 
 def test_pretrained_tower_is_a_clip_vision_model_that_reloads(tmp_path):

@@ -276,6 +276,12 @@ def preprocess(image: Image.Image | np.ndarray, config: ImageProcessingConfig) -
     `image` is an RGB PIL image (see `load_image`) or a uint8 (H, W, 3) array. Memory is bounded
     by the output size whatever the aspect ratio (see the module docstring).
     """
+    return normalise(resize_to_input(image, config), config)
+
+
+def resize_to_input(image: Image.Image | np.ndarray, config: ImageProcessingConfig) -> np.ndarray:
+    """The first half of `preprocess`: the uint8 (size, size, 3) pixels the tower will see, before
+    normalisation; a quarter of the float32 array's memory, for callers that hold many images."""
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"an image array must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
@@ -286,7 +292,12 @@ def preprocess(image: Image.Image | np.ndarray, config: ImageProcessingConfig) -
         image = _resize_padded(image, config.fill_color, config.size, config.resample)
     else:
         image = _resize_center_crop(image, config.size, config.resample)
-    pixels = (np.asarray(image).astype(np.float64) * (1 / 255)).astype(np.float32)
+    return np.asarray(image)
+
+
+def normalise(pixels: np.ndarray, config: ImageProcessingConfig) -> np.ndarray:
+    """The second half of `preprocess`: uint8 (..., H, W, 3) pixels to normalised float32 (..., 3, H, W)."""
+    scaled = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis((scaled - mean) / std, -1, -3))
