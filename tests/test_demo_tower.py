@@ -56,7 +56,7 @@ def _prior_loss(labels: torch.Tensor, model: LabelledTower) -> float:
     p = labels.mean(dim=0, keepdim=True).clamp(1e-4, 1 - 1e-4).expand_as(labels)
     logits = torch.log(p / (1 - p))
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (model.label_weight * bce.mean() + model.kind_weight * bce[:, :4].mean()).item()
+    return (model.label_weight * bce.mean() + model.kind_weight * bce[:, : model.num_kinds].mean()).item()
 
 
 def test_training_learns_more_than_the_label_frequencies():
@@ -68,7 +68,7 @@ def test_training_learns_more_than_the_label_frequencies():
     config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
     )
-    model = LabelledTower(config, len(vocabulary.names), label_weight=10.0, kind_weight=3.0)
+    model = LabelledTower(config, len(vocabulary.names), len(vocabulary.kinds), label_weight=10.0, kind_weight=3.0)
     settings = LoopSettings(steps=400, batch_size=32, lr=5e-3)
     train_loop(model, settings, _label_batches(images, labels, settings), "test tower")
     with torch.no_grad():

@@ -54,6 +54,11 @@ class LoopSettings:
         return max(1, self.steps // 20)
 
 
+def tower_image_config(image_size: int) -> ImageProcessingConfig:
+    """How the demo's processor feeds either tower: square images, CLIP's statistics."""
+    return ImageProcessingConfig(mode="square", size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+
+
 def shuffled_batches(n: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
     """Endless shuffled index batches (epoch after epoch)."""
     while True:
@@ -120,7 +125,7 @@ def pretrain_clip(
 ) -> CLIPModel:
     """A tiny CLIP trained contrastively on (image, caption) pairs; its vision half becomes the tower."""
     torch.manual_seed(settings.seed)
-    image_config = ImageProcessingConfig(mode="square", size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
+    image_config = tower_image_config(image_size)
     pixels = torch.from_numpy(np.stack([preprocess(load_image(path), image_config) for path in image_paths]))
     end = tokenizer.pad_token_id
     tokenized = clip_text_ids(tokenizer, captions)

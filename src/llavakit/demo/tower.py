@@ -15,14 +15,15 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from llavakit.demo.backbones import LoopSettings, shuffled_batches, train_loop
-from llavakit.processing.images import CLIP_MEAN, CLIP_STD, ImageProcessingConfig, normalise, resize_to_input
+from llavakit.demo.backbones import LoopSettings, shuffled_batches, tower_image_config, train_loop
+from llavakit.processing.images import normalise, resize_to_input
 from llavakit.synthetic.world import COLOUR_RGB, KINDS, SIZES, Scene, WorldConfig, render_scene
 
 FEATURE_LAYER = -2  # the layer LLaVA's connector reads: the labels shape what the LLM sees
@@ -37,14 +38,19 @@ class SceneLabels:
     sizes: tuple[str, ...] = SIZES
     words: tuple[str, ...] = WorldConfig().words
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
+        """Kinds first (the loss weighs them on their own), then colours, categories, sizes, words."""
         categories = [f"{colour} {kind}" for colour in self.colours for kind in self.kinds]
         return [*self.kinds, *self.colours, *categories, *self.sizes, *(f"word {w}" for w in self.words)]
 
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.names)}
+
     def of(self, scene: Scene) -> np.ndarray:
         """1.0 for every label the scene holds; an unknown word or attribute is an error naming the scene."""
-        index = {name: i for i, name in enumerate(self.names)}
+        index = self.index
         present = [name for obj in scene.objects for name in (obj.kind, obj.colour, obj.category, obj.size)]
         if scene.word is not None:
             present.append(f"word {scene.word.text}")
@@ -66,34 +72,32 @@ class LabelledTower(nn.Module):
     """A CLIP vision tower with one linear head on the mean of its layer -2 patch tokens.
 
     The loss averages the binary cross-entropy over every label, scaled by `label_weight` so
-    that labels a scene rarely holds still move the tower, and adds the kinds' own average
-    times `kind_weight`: shape is the slowest attribute for this tower to learn.
+    that labels a scene rarely holds still move the tower, and adds the average over the first
+    `num_kinds` labels (the kinds, `SceneLabels.names`) times `kind_weight`: shape is the slowest
+    attribute for this tower to learn.
     """
 
-    def __init__(self, config: CLIPVisionConfig, num_labels: int, label_weight: float, kind_weight: float):
+    def __init__(
+        self, config: CLIPVisionConfig, num_labels: int, num_kinds: int, label_weight: float, kind_weight: float
+    ):
         super().__init__()
         self.tower = CLIPVisionModel(config)
         self.head = nn.Linear(config.hidden_size, num_labels)
-        self.label_weight, self.kind_weight = label_weight, kind_weight
+        self.num_kinds, self.label_weight, self.kind_weight = num_kinds, label_weight, kind_weight
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> TowerOutput:
         hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[FEATURE_LAYER]
         logits = self.head(hidden[:, 1:].mean(dim=1))  # patch tokens only, as LLaVA's default strategy
         bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        loss = self.label_weight * bce.mean() + self.kind_weight * bce[:, : len(KINDS)].mean()
+        loss = self.label_weight * bce.mean() + self.kind_weight * bce[:, : self.num_kinds].mean()
         return TowerOutput(loss, logits)
-
-
-def _input_config(image_size: int) -> ImageProcessingConfig:
-    """The demo's processor: square images, CLIP's statistics."""
-    return ImageProcessingConfig(mode="square", size=image_size, mean=CLIP_MEAN, std=CLIP_STD)
 
 
 def _label_batches(
     pixels: np.ndarray, labels: torch.Tensor, settings: LoopSettings
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of normalised pixels and labels; `pixels` are the uint8 images of `render_scenes`."""
-    config = _input_config(pixels.shape[1])
+    config = tower_image_config(pixels.shape[1])
     for indices in shuffled_batches(len(labels), settings.batch_size, random.Random(settings.seed)):
         yield dict(pixel_values=torch.from_numpy(normalise(pixels[indices], config)), labels=labels[indices])
 
@@ -101,13 +105,13 @@ def _label_batches(
 def render_scenes(scenes: Sequence[Scene], image_size: int) -> np.ndarray:
     """The scenes drawn in memory at the tower's input size, uint8 (n, size, size, 3): 9,500 scenes of
     64 px hold 117 MB, where normalised float32 would take 470 MB."""
-    config = _input_config(image_size)
+    config = tower_image_config(image_size)
     return np.stack([resize_to_input(render_scene(scene), config) for scene in scenes])
 
 
 def render_pixels(scenes: Sequence[Scene], image_size: int) -> torch.Tensor:
     """The scenes as the demo's processor gives them to the tower: normalised float32 (n, 3, size, size)."""
-    return torch.from_numpy(normalise(render_scenes(scenes, image_size), _input_config(image_size)))
+    return torch.from_numpy(normalise(render_scenes(scenes, image_size), tower_image_config(image_size)))
 
 
 def pretrain_labelled_tower(
@@ -135,6 +139,6 @@ def pretrain_labelled_tower(
         image_size=image_size,
         patch_size=patch_size,
     )
-    model = LabelledTower(config, len(vocabulary.names), label_weight, kind_weight)
+    model = LabelledTower(config, len(vocabulary.names), len(vocabulary.kinds), label_weight, kind_weight)
     train_loop(model, settings, _label_batches(pixels, labels, settings), "vision tower pretraining")
     return model.tower
