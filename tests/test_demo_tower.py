@@ -13,6 +13,7 @@ from llavakit.demo.backbones import LoopSettings, train_loop
 from llavakit.demo.settings import DemoSettings
 from llavakit.demo.tower import (
     LabelledTower,
+    LabelWeights,
     SceneLabels,
     _label_batches,
     pretrain_labelled_tower,
@@ -27,6 +28,8 @@ def _scene(word: str | None = "CAT") -> Scene:
     objects = (
         SceneObject("circle", "red", "small", (2, 2, 11, 11), "top left"),
         SceneObject("circle", "blue", "large", (30, 30, 19, 19), "bottom right"),
+        SceneObject("circle", "red", "small", (40, 40, 11, 11), "bottom right"),
+        SceneObject("square", "red", "small", (2, 40, 11, 11), "bottom left"),
     )
     written = SceneWord(word, (40, 4, 17, 7), "top right", "black") if word else None
     return Scene(64, 64, "white", objects, written, "s1")
@@ -36,7 +39,9 @@ def test_labels_name_exactly_what_the_scene_holds():
     vocabulary = SceneLabels()
     labels = vocabulary.of(_scene())
     held = {name for name, value in zip(vocabulary.names, labels) if value == 1.0}
-    assert held == {"circle", "red", "blue", "red circle", "blue circle", "small", "large", "word CAT"}
+    present = {"circle", "square", "red", "blue", "red circle", "blue circle", "red square", "small", "large"}
+    counted = {"at least 2 circle", "at least 3 circle", "at least 2 red circle"}
+    assert held == present | counted | {"word CAT"}
     assert labels.sum() == len(held) and len(labels) == len(vocabulary.names) == len(set(vocabulary.names))
     assert "word CAT" not in {n for n, v in zip(vocabulary.names, vocabulary.of(_scene(None))) if v}
 
@@ -51,12 +56,43 @@ def test_unknown_pretraining_is_refused():
         DemoSettings(vision_pretraining="dino")
 
 
+def test_counts_are_ordinal_up_to_the_worlds_most_objects():
+    vocabulary = SceneLabels()
+    counts = vocabulary.names[len(vocabulary.presence) :]
+    things = len(vocabulary.kinds) + len(vocabulary.categories)
+    assert len(counts) == things * (vocabulary.max_count - 1)
+    assert counts[:2] == ["at least 2 circle", "at least 3 circle"]
+    ks = range(2, vocabulary.max_count + 1)
+    for scene in generate_world(50, seed=4):
+        labels = dict(zip(vocabulary.names, vocabulary.of(scene)))
+        for kind in vocabulary.kinds:
+            n = sum(obj.kind == kind for obj in scene.objects)
+            assert [labels[f"at least {k} {kind}"] for k in ks] == [float(n >= k) for k in ks]
+    capped = SceneLabels(max_count=2).of(_scene())  # three circles: "at least 2", nothing past the vocabulary
+    assert capped[SceneLabels(max_count=2).index["at least 2 circle"]] == 1.0
+
+
+def test_loss_weighs_each_label_group():
+    vocabulary = SceneLabels()
+    config = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    labels = torch.from_numpy(np.stack([vocabulary.of(scene) for scene in generate_world(8, seed=5)]))
+    logits = torch.zeros_like(labels)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    presence, kinds = len(vocabulary.presence), len(vocabulary.kinds)
+    for weights in (LabelWeights(), LabelWeights(presence=1.0, kinds=0.0, counts=0.0), LabelWeights(counts=2.5)):
+        expected = (
+            weights.presence * bce[:, :presence].mean()
+            + weights.kinds * bce[:, :kinds].mean()
+            + weights.counts * bce[:, presence:].mean()
+        )
+        loss = LabelledTower(config, vocabulary, weights).label_loss(logits, labels)
+        torch.testing.assert_close(loss, expected)
+
+
 def _prior_loss(labels: torch.Tensor, model: LabelledTower) -> float:
     """The tower's loss for a constant guess of each label's frequency: what it must beat."""
     p = labels.mean(dim=0, keepdim=True).clamp(1e-4, 1 - 1e-4).expand_as(labels)
-    logits = torch.log(p / (1 - p))
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return (model.label_weight * bce.mean() + model.kind_weight * bce[:, : model.num_kinds].mean()).item()
+    return model.label_loss(torch.log(p / (1 - p)), labels).item()
 
 
 def test_training_learns_more_than_the_label_frequencies():
@@ -68,7 +104,7 @@ def test_training_learns_more_than_the_label_frequencies():
     config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
     )
-    model = LabelledTower(config, len(vocabulary.names), len(vocabulary.kinds), label_weight=10.0, kind_weight=3.0)
+    model = LabelledTower(config, vocabulary, LabelWeights())
     settings = LoopSettings(steps=400, batch_size=32, lr=5e-3)
     train_loop(model, settings, _label_batches(images, labels, settings), "test tower")
     with torch.no_grad():

@@ -33,7 +33,7 @@ from llavakit.demo.backbones import (
     vision_half,
 )
 from llavakit.demo.settings import DemoSettings
-from llavakit.demo.tower import pretrain_labelled_tower
+from llavakit.demo.tower import LabelWeights, pretrain_labelled_tower
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
 from llavakit.eval.questions import read_questions
 from llavakit.model.build import ModelSpec
@@ -187,7 +187,7 @@ def _pretrain_on_labels(out: Path, settings: DemoSettings) -> list[float]:
         settings.vision_hidden,
         settings.vision_layers,
         loop,
-        kind_weight=settings.tower_kind_weight,
+        LabelWeights(kinds=settings.tower_kind_weight, counts=settings.tower_count_weight),
     )
     tower.save_pretrained(out / "clip")
     return loop.losses

@@ -29,6 +29,7 @@ class DemoSettings:
     tower_scenes: int = 9500  # fresh scenes of the same world, drawn for the labelled tower only
     tower_steps: int = 1000
     tower_kind_weight: float = 3.0
+    tower_count_weight: float = 10.0  # its "at least k of ..." labels; 0 leaves counting out of its loss
     clip_steps: int = 300
     clip_batch: int = 64  # the batch of either pretraining
     clip_lr: float = 2e-3  # the rate of either pretraining

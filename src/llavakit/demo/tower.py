@@ -4,8 +4,9 @@ Why not CLIP: a batch of captions is told apart by colour, counts and the word, 
 contrastive loss never needs shape, and the tiny tower's tokens hold none (`docs/demo.md`).
 Trained instead to say which object kinds, colours, categories (colour + kind), sizes and
 word a scene holds (one binary label each, as ViTs were trained on ImageNet / JFT labels),
-on the mean of the tokens LLaVA reads (layer -2), the tower puts shape as well as colour
-into every token, where the LLM can read them. The scenes are fresh draws of the same world
+and how many of each kind and category (ordinal labels: "at least k"), on the mean of the
+tokens LLaVA reads (layer -2), the tower puts shape as well as colour into every token,
+where the LLM can read them. The scenes are fresh draws of the same world
 (not the demo's held-out split), rendered in memory: thousands of distinct images are what this
 tower needs to learn shape rather than memorise.
 """
@@ -13,6 +14,7 @@ tower needs to learn shape rather than memorise.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,18 +33,29 @@ FEATURE_LAYER = -2  # the layer LLaVA's connector reads: the labels shape what t
 
 @dataclass(frozen=True)
 class SceneLabels:
-    """The vocabulary of the binary labels: one per kind, colour, category, size and word."""
+    """The vocabulary of the binary labels: one per kind, colour, category, size and word, then the
+    counts: "at least k" of each kind and category for k = 2 .. `max_count` (k = 1 is presence)."""
 
     kinds: tuple[str, ...] = KINDS
     colours: tuple[str, ...] = tuple(COLOUR_RGB)
     sizes: tuple[str, ...] = SIZES
     words: tuple[str, ...] = WorldConfig().words
+    max_count: int = WorldConfig().max_objects
+
+    @cached_property
+    def categories(self) -> list[str]:
+        return [f"{colour} {kind}" for colour in self.colours for kind in self.kinds]
+
+    @cached_property
+    def presence(self) -> list[str]:
+        """Kinds first (the loss weighs them on their own), then colours, categories, sizes, words."""
+        return [*self.kinds, *self.colours, *self.categories, *self.sizes, *(f"word {w}" for w in self.words)]
 
     @cached_property
     def names(self) -> list[str]:
-        """Kinds first (the loss weighs them on their own), then colours, categories, sizes, words."""
-        categories = [f"{colour} {kind}" for colour in self.colours for kind in self.kinds]
-        return [*self.kinds, *self.colours, *categories, *self.sizes, *(f"word {w}" for w in self.words)]
+        """The presence labels, then the count labels (the loss weighs each group on its own)."""
+        counted = [*self.kinds, *self.categories]
+        return [*self.presence, *(f"at least {k} {thing}" for thing in counted for k in range(2, self.max_count + 1))]
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -54,6 +67,9 @@ class SceneLabels:
         present = [name for obj in scene.objects for name in (obj.kind, obj.colour, obj.category, obj.size)]
         if scene.word is not None:
             present.append(f"word {scene.word.text}")
+        counts = Counter(name for obj in scene.objects for name in (obj.kind, obj.category))
+        top = self.max_count  # "at least max_count" still holds for more
+        present += [f"at least {k} {thing}" for thing, n in counts.items() for k in range(2, min(n, top) + 1)]
         unknown = sorted(set(present) - set(index))
         if unknown:
             raise ValueError(f"scene {scene.id!r}: labels {unknown} are not in the tower's vocabulary")
@@ -68,29 +84,39 @@ class TowerOutput:
     logits: torch.Tensor
 
 
-class LabelledTower(nn.Module):
-    """A CLIP vision tower with one linear head on the mean of its layer -2 patch tokens.
+@dataclass(frozen=True)
+class LabelWeights:
+    """How much each group of labels weighs in the tower's loss (each group's mean binary cross-entropy).
 
-    The loss averages the binary cross-entropy over every label, scaled by `label_weight` so
-    that labels a scene rarely holds still move the tower, and adds the average over the first
-    `num_kinds` labels (the kinds, `SceneLabels.names`) times `kind_weight`: shape is the slowest
-    attribute for this tower to learn.
+    `presence` scales every presence label, so that labels a scene rarely holds still move the
+    tower; `kinds` adds the kinds again, shape being the slowest attribute for it to learn;
+    `counts` scales the count labels.
     """
 
-    def __init__(
-        self, config: CLIPVisionConfig, num_labels: int, num_kinds: int, label_weight: float, kind_weight: float
-    ):
+    presence: float = 10.0
+    kinds: float = 3.0
+    counts: float = 10.0
+
+
+class LabelledTower(nn.Module):
+    """A CLIP vision tower with one linear head on the mean of its layer -2 patch tokens."""
+
+    def __init__(self, config: CLIPVisionConfig, vocabulary: SceneLabels, weights: LabelWeights):
         super().__init__()
         self.tower = CLIPVisionModel(config)
-        self.head = nn.Linear(config.hidden_size, num_labels)
-        self.num_kinds, self.label_weight, self.kind_weight = num_kinds, label_weight, kind_weight
+        self.head = nn.Linear(config.hidden_size, len(vocabulary.names))
+        self.num_kinds, self.num_presence, self.weights = len(vocabulary.kinds), len(vocabulary.presence), weights
+
+    def label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        presence, counts = bce[:, : self.num_presence], bce[:, self.num_presence :]
+        loss = self.weights.presence * presence.mean() + self.weights.kinds * presence[:, : self.num_kinds].mean()
+        return loss + self.weights.counts * counts.mean() if counts.numel() else loss
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> TowerOutput:
         hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[FEATURE_LAYER]
         logits = self.head(hidden[:, 1:].mean(dim=1))  # patch tokens only, as LLaVA's default strategy
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-        loss = self.label_weight * bce.mean() + self.kind_weight * bce[:, : self.num_kinds].mean()
-        return TowerOutput(loss, logits)
+        return TowerOutput(self.label_loss(logits, labels), logits)
 
 
 def _label_batches(
@@ -121,8 +147,7 @@ def pretrain_labelled_tower(
     hidden_size: int,
     num_layers: int,
     settings: LoopSettings,
-    kind_weight: float = 3.0,
-    label_weight: float = 10.0,
+    weights: LabelWeights = LabelWeights(),
 ) -> CLIPVisionModel:
     """A tiny CLIP vision tower trained to name what each scene holds; returns the tower without its head."""
     if len(scenes) < settings.batch_size:
@@ -139,6 +164,6 @@ def pretrain_labelled_tower(
         image_size=image_size,
         patch_size=patch_size,
     )
-    model = LabelledTower(config, len(vocabulary.names), len(vocabulary.kinds), label_weight, kind_weight)
+    model = LabelledTower(config, vocabulary, weights)
     train_loop(model, settings, _label_batches(pixels, labels, settings), "vision tower pretraining")
     return model.tower
