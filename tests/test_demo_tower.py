@@ -51,6 +51,13 @@ def test_an_unknown_word_names_the_scene():
         SceneLabels().of(_scene("ZEBRA"))
 
 
+def test_negative_label_weights_are_refused():
+    with pytest.raises(ValueError, match=r"label weights must be >= 0, got \{'counts': -1.0\}"):
+        LabelWeights(counts=-1.0)
+    with pytest.raises(ValueError, match=r"label weights must be >= 0, got \{'tower_count_weight': -2.0\}"):
+        DemoSettings(tower_count_weight=-2.0)
+
+
 def test_unknown_pretraining_is_refused():
     with pytest.raises(ValueError, match=r"unknown vision_pretraining 'dino'.*labels, clip"):
         DemoSettings(vision_pretraining="dino")

@@ -63,6 +63,10 @@ class DemoSettings:
             raise ValueError(
                 f"unknown vision_pretraining {self.vision_pretraining!r}; choose one of {', '.join(VISION_PRETRAINING)}"
             )
+        weights = {"tower_kind_weight": self.tower_kind_weight, "tower_count_weight": self.tower_count_weight}
+        negative = {name: value for name, value in weights.items() if value < 0}
+        if negative:
+            raise ValueError(f"the tower's label weights must be >= 0, got {negative}")
 
     def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)

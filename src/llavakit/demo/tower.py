@@ -13,6 +13,7 @@ tower needs to learn shape rather than memorise.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -96,6 +97,11 @@ class LabelWeights:
     presence: float = 10.0
     kinds: float = 3.0
     counts: float = 10.0
+
+    def __post_init__(self) -> None:
+        negative = {name: value for name, value in dataclasses.asdict(self).items() if value < 0}
+        if negative:
+            raise ValueError(f"the tower's label weights must be >= 0, got {negative}")
 
 
 class LabelledTower(nn.Module):
