@@ -77,9 +77,9 @@ PRESETS: dict[str, DemoSettings] = {
     "quick": DemoSettings(
         scenes=800,
         tower_scenes=3000,
-        tower_steps=300,
+        tower_steps=200,
         clip_steps=150,
-        lm_steps=80,
+        lm_steps=60,
         eval_per_set=200,
     ),
 }
