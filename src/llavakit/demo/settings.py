@@ -8,9 +8,17 @@ trade-off is visible in one place.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 VISION_PRETRAINING = ("labels", "clip")
+
+
+def refuse_negative_weights(weights: Mapping[str, float]) -> None:
+    """A negative loss weight would train the tower away from its labels: refuse it, naming it."""
+    negative = {name: value for name, value in weights.items() if value < 0}
+    if negative:
+        raise ValueError(f"the tower's label weights must be >= 0, got {negative}")
 
 
 @dataclass(frozen=True)
@@ -63,10 +71,9 @@ class DemoSettings:
             raise ValueError(
                 f"unknown vision_pretraining {self.vision_pretraining!r}; choose one of {', '.join(VISION_PRETRAINING)}"
             )
-        weights = {"tower_kind_weight": self.tower_kind_weight, "tower_count_weight": self.tower_count_weight}
-        negative = {name: value for name, value in weights.items() if value < 0}
-        if negative:
-            raise ValueError(f"the tower's label weights must be >= 0, got {negative}")
+        refuse_negative_weights(
+            {"tower_kind_weight": self.tower_kind_weight, "tower_count_weight": self.tower_count_weight}
+        )
 
     def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)

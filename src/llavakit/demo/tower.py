@@ -26,6 +26,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from llavakit.demo.backbones import LoopSettings, shuffled_batches, tower_image_config, train_loop
+from llavakit.demo.settings import refuse_negative_weights
 from llavakit.processing.images import normalise, resize_to_input
 from llavakit.synthetic.world import COLOUR_RGB, KINDS, SIZES, Scene, WorldConfig, render_scene
 
@@ -71,7 +72,7 @@ class SceneLabels:
         counts = Counter(name for obj in scene.objects for name in (obj.kind, obj.category))
         top = self.max_count  # "at least max_count" still holds for more
         present += [f"at least {k} {thing}" for thing, n in counts.items() for k in range(2, min(n, top) + 1)]
-        unknown = sorted(set(present) - set(index))
+        unknown = sorted(set(present) - index.keys())
         if unknown:
             raise ValueError(f"scene {scene.id!r}: labels {unknown} are not in the tower's vocabulary")
         labels = np.zeros(len(index), dtype=np.float32)
@@ -99,9 +100,7 @@ class LabelWeights:
     counts: float = 10.0
 
     def __post_init__(self) -> None:
-        negative = {name: value for name, value in dataclasses.asdict(self).items() if value < 0}
-        if negative:
-            raise ValueError(f"the tower's label weights must be >= 0, got {negative}")
+        refuse_negative_weights(dataclasses.asdict(self))
 
 
 class LabelledTower(nn.Module):
