@@ -86,7 +86,7 @@ PRESETS: dict[str, DemoSettings] = {
         tower_scenes=3000,
         tower_steps=200,
         clip_steps=150,
-        lm_steps=60,
+        lm_steps=30,
         eval_per_set=200,
     ),
 }
