@@ -73,6 +73,18 @@ def test_tiny_tokenizer_is_deterministic_and_round_trips(tiny_tokenizer, tmp_pat
         build_tiny_tokenizer(vocab_size=700)
 
 
+def test_tiny_tokenizer_splits_numbers_into_digits():
+    """Every count answer starts with the same token, however often the training text repeats some counts
+    (a plain BPE would merge " 1" and " 2" and leave " 3" split, biasing greedy answers)."""
+    counts = " ".join(f"ASSISTANT: {n}</s>" for n in (0, 1, 1, 1, 2, 2, 10, 2024))
+    tokenizer = build_tiny_tokenizer(extra_texts=[counts] * 50)
+    for digit in "0123456789":
+        assert tokenizer.tokenize(f"ASSISTANT: {digit}")[-2:] == ["Ġ", digit], digit
+    assert tokenizer.tokenize(" 2024") == ["Ġ", "2", "0", "2", "4"]
+    text = "How many? 12 of 305, [0.52, 0.17]"
+    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
 # ---- parity with transformers' LlavaProcessor -------------------------------------------------
 
 
