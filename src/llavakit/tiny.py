@@ -137,7 +137,7 @@ _CORPUS = (
 
 def _train(texts: list[str], vocab_size: int) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-    # Numbers digit by digit, the space before them a token of its own (as Llama 3 and Qwen split them):
+    # Numbers digit by digit, the space before them a token of its own (as Llama 2 and Qwen split them):
     # every count then starts with the same token and its digit decides. A BPE that merges " 1" and
     # " 2" but not " 3" makes greedy decoding weigh " 2" against 3, 4 and 5 together.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
