@@ -507,7 +507,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         help="the whole recipe on the synthetic world: pretrain, stage 1, stage 2, evaluate, answer",
         description="Generates a synthetic world of shapes, pretrains a tiny vision tower and language model on it, "
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
-        "and answers a question. Offline; 5 to 11 minutes on 2 CPU cores (--size quick: 2 to 3).",
+        "and answers a question. Offline; about 8 to 9 minutes on 2 CPU cores, more on slower ones "
+        "(--size quick: 2 to 3).",
     )
     demo.add_argument("--size", choices=("full", "quick"), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")

@@ -52,7 +52,7 @@ class DemoSettings:
     stage1_epochs: float = 1.0
     stage1_batch: int = 32
     stage1_lr: float = 2e-3
-    stage2_epochs: float = 1.0
+    stage2_epochs: float = 2.0  # a second pass turns counting and size from noise into margins (docs/demo.md)
     stage2_fraction: float = 1.0
     stage2_batch: int = 8
     # stage-2 data: instruction kinds (`llavakit.synthetic.instruct`) and samples of each per training image
@@ -87,6 +87,7 @@ PRESETS: dict[str, DemoSettings] = {
         tower_steps=200,
         clip_steps=150,
         lm_steps=30,
+        stage2_epochs=1.0,
         eval_per_set=200,
     ),
 }
