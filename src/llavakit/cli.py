@@ -508,9 +508,10 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         description="Generates a synthetic world of shapes, pretrains a tiny vision tower and language model on it, "
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
         "and answers a question. Offline; about 8 to 9 minutes on 2 CPU cores, more on slower ones "
-        "(--size quick: 2 to 3).",
+        "(--size quick: 2 to 3; --size hd, LLaVA-1.5-HD's high-resolution crops, which also read the word: "
+        "about 15).",
     )
-    demo.add_argument("--size", choices=("full", "quick"), default="full")
+    demo.add_argument("--size", choices=("full", "quick", "hd"), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
     demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")

@@ -30,15 +30,19 @@ from llavakit.demo.backbones import (
     language_model_config,
     pretrain_clip,
     pretrain_language_model,
+    tower_image_config,
     vision_half,
 )
 from llavakit.demo.settings import DemoSettings
-from llavakit.demo.tower import LabelWeights, pretrain_labelled_tower
+from llavakit.demo.tile_words import TileWords, tile_words
+from llavakit.demo.tower import LabelWeights, SceneLabels, pretrain_labelled_tower
 from llavakit.demo.world import DemoWorld, make_tokenizer, make_world
 from llavakit.eval.questions import read_questions
 from llavakit.model.build import ModelSpec
 from llavakit.output_paths import prepare_output_dir
-from llavakit.synthetic.world import Scene, generate_world
+from llavakit.processing.highres import HighResConfig
+from llavakit.processing.images import ImageProcessingConfig
+from llavakit.synthetic.world import Scene, WorldConfig, generate_world
 from llavakit.train.config import (
     DataConfig,
     DatasetConfig,
@@ -51,6 +55,8 @@ from llavakit.train.plots import plot_loss_panels
 
 STAGE2_TEMPLATE = "vicuna_v1"
 TOWER_SEED_OFFSET = 10_000  # the labelled tower's scenes: another world draw than the demo's own
+TOWER_WORDS_SEED_OFFSET = 20_000  # and the scenes of its word crops, a third
+NONE_PER_WORD = 1 / 3  # crops without a word the tower sees for each crop with one
 
 
 @dataclass
@@ -72,13 +78,17 @@ def peak_memory_mb() -> float:
     return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
 
 
-def _model_section(backbones: Path, **extra: Any) -> ModelSpec:
+def _model_section(backbones: Path, settings: DemoSettings, **extra: Any) -> ModelSpec:
+    """The demo's model; with `hd_grid` > 1 in the grid mode, every image upscaled onto one canvas."""
+    grid = {"image_mode": "anyres", "image_grid_pinpoints": settings.grid_pinpoints} if settings.hd_grid > 1 else {}
     return ModelSpec(
         vision=str(backbones / "clip"),
         language=str(backbones / "language"),
         tokenizer=str(backbones / "tokenizer"),
-        connector="mlp2x_gelu",
+        connector=settings.connector,
+        connector_tokens=settings.connector_tokens,
         vision_feature_layer=-2,
+        **grid,
         **extra,
     )
 
@@ -89,7 +99,7 @@ def _data_section(
     return DataConfig(
         datasets=[DatasetConfig(path=str(path), image_folder=str(world.root), fraction=fraction, name=path.stem)],
         template=template,
-        image_aspect="pad",
+        image_aspect="pad" if settings.hd_grid == 1 else None,  # the grid mode fits each image itself
         max_length=settings.max_length,
         packing=True,
         group_by_modality=True,
@@ -122,7 +132,7 @@ def _output(path: Path) -> OutputConfig:
 def stage1_config(out: Path, world: DemoWorld, settings: DemoSettings) -> TrainConfig:
     """LLaVA stage 1: frozen backbones, the connector learns to caption (plain template)."""
     return TrainConfig(
-        model=_model_section(out / "backbones"),
+        model=_model_section(out / "backbones", settings),
         data=_data_section(world.pretrain, world, "plain", settings),
         stage=StageConfig(name="pretrain"),
         optimization=_optimization(settings.stage1_batch, settings.stage1_epochs, settings.stage1_lr, settings),
@@ -135,7 +145,7 @@ def stage2_config(out: Path, world: DemoWorld, settings: DemoSettings, stage1_di
     also trains it at that rate, as OneVision does)."""
     train_vision = settings.stage2_vision_lr is not None
     return TrainConfig(
-        model=_model_section(out / "backbones", connector_weights=str(stage1_dir)),
+        model=_model_section(out / "backbones", settings, connector_weights=str(stage1_dir)),
         data=_data_section(world.stage2, world, STAGE2_TEMPLATE, settings, settings.stage2_fraction),
         stage=StageConfig(name="finetune", train_vision=train_vision),
         optimization=_optimization(
@@ -178,6 +188,29 @@ def tower_scenes(settings: DemoSettings) -> list[Scene]:
     return generate_world(settings.tower_scenes, seed=TOWER_SEED_OFFSET + settings.seed)
 
 
+def word_crop_layout(settings: DemoSettings) -> tuple[HighResConfig, ImageProcessingConfig]:
+    """How the model's processor cuts an image in the grid mode (`hd_grid` > 1), for the tower's crops."""
+    if settings.grid_pinpoints is None:
+        raise ValueError("the demo cuts no high-resolution crops with hd_grid=1")
+    highres = HighResConfig(
+        mode="anyres",
+        crop_size=settings.image_size,
+        patch_size=settings.patch_size,
+        grid_pinpoints=tuple(tuple(p) for p in settings.grid_pinpoints),
+    )
+    return highres, tower_image_config(settings.image_size)
+
+
+def word_crops(settings: DemoSettings) -> TileWords:
+    """The high-resolution crops the tower learns the word from: fresh scenes that all hold a word,
+    cut as the model's processor cuts them."""
+    scenes = generate_world(
+        settings.tower_word_scenes, seed=TOWER_WORDS_SEED_OFFSET + settings.seed, config=WorldConfig(text_prob=1.0)
+    )
+    highres, image_config = word_crop_layout(settings)
+    return tile_words(scenes, highres, image_config, SceneLabels().words, NONE_PER_WORD, settings.seed)
+
+
 def _pretrain_on_labels(out: Path, settings: DemoSettings) -> list[float]:
     loop = LoopSettings(settings.tower_steps, settings.clip_batch, settings.clip_lr, settings.seed)
     tower = pretrain_labelled_tower(
@@ -188,6 +221,8 @@ def _pretrain_on_labels(out: Path, settings: DemoSettings) -> list[float]:
         settings.vision_layers,
         loop,
         LabelWeights(kinds=settings.tower_kind_weight, counts=settings.tower_count_weight),
+        tiles=word_crops(settings) if settings.tower_tile_batch else None,
+        tile_batch=settings.tower_tile_batch,
     )
     tower.save_pretrained(out / "clip")
     return loop.losses

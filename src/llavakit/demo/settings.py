@@ -1,8 +1,9 @@
-"""How big the demo is: one dataclass, two presets.
+"""How big the demo is: one dataclass, three presets.
 
 `full` is the README's run (at most 10 minutes on 2 CPU cores); `quick` is the same recipe
-shrunk for the test suite. Every number that decides run time lives here, so the time/quality
-trade-off is visible in one place.
+shrunk for the test suite; `hd` adds LLaVA-1.5-HD's high-resolution crops, which read the word.
+Every number that decides run time lives here, so the time/quality trade-off is visible in one
+place.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class DemoSettings:
     test_fraction: float = 0.2
     image_size: int = 64
     patch_size: int = 8
+    # 1: one crop per image (LLaVA-1.5); g > 1: LLaVA-1.5-HD's split, the image also upscaled g times
+    # and cut into g x g crops of `image_size`, each read by the same tower (`image_mode: anyres`)
+    hd_grid: int = 1
+    connector: str = "mlp2x_gelu"
+    connector_tokens: int | None = None  # a pooling connector's tokens per crop (MM1's avg_pool, ...)
     vocab_size: int = 640
     # vision tower pretraining: "labels" (what each scene holds, `llavakit.demo.tower`) or "clip" (captions)
     vision_pretraining: str = "labels"
@@ -38,6 +44,10 @@ class DemoSettings:
     tower_steps: int = 1000
     tower_kind_weight: float = 3.0
     tower_count_weight: float = 10.0  # its "at least k of ..." labels; 0 leaves counting out of its loss
+    # with hd_grid > 1: high-resolution crops a tower step also learns the word from (0: none),
+    # cut from fresh scenes that all hold a word (`llavakit.demo.tile_words`)
+    tower_tile_batch: int = 0
+    tower_word_scenes: int = 4000
     clip_steps: int = 300
     clip_batch: int = 64  # the batch of either pretraining
     clip_lr: float = 2e-3  # the rate of either pretraining
@@ -74,6 +84,22 @@ class DemoSettings:
         refuse_negative_weights(
             {"tower_kind_weight": self.tower_kind_weight, "tower_count_weight": self.tower_count_weight}
         )
+        if self.hd_grid < 1:
+            raise ValueError(f"hd_grid must be >= 1 (1: no high-resolution crops), got {self.hd_grid}")
+        if self.tower_tile_batch < 0:
+            raise ValueError(f"tower_tile_batch must be >= 0, got {self.tower_tile_batch}")
+        if self.tower_tile_batch and (self.hd_grid == 1 or self.vision_pretraining != "labels"):
+            raise ValueError(
+                "tower_tile_batch needs the high-resolution crops (hd_grid > 1) and the labelled tower "
+                f"(vision_pretraining='labels'), got hd_grid={self.hd_grid}, "
+                f"vision_pretraining={self.vision_pretraining!r}"
+            )
+
+    @property
+    def grid_pinpoints(self) -> list[list[int]] | None:
+        """The one canvas the grid mode upscales each image onto, or None with one crop per image."""
+        side = self.hd_grid * self.image_size
+        return [[side, side]] if self.hd_grid > 1 else None
 
     def replace(self, **changes: object) -> DemoSettings:
         return dataclasses.replace(self, **changes)
@@ -90,6 +116,9 @@ PRESETS: dict[str, DemoSettings] = {
         stage2_epochs=1.0,
         eval_per_set=200,
     ),
+    # LLaVA-1.5-HD: the tower reads the word on 2x crops, and the LLM needs four stage-2 epochs
+    # to find it in one crop's tokens (docs/demo.md); about 15 minutes on 2 CPU cores
+    "hd": DemoSettings(hd_grid=2, connector="avg_pool", connector_tokens=16, tower_tile_batch=32, stage2_epochs=4.0),
 }
 
 

@@ -27,6 +27,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from llavakit.demo.backbones import LoopSettings, shuffled_batches, tower_image_config, train_loop
 from llavakit.demo.settings import refuse_negative_weights
+from llavakit.demo.tile_words import TileWords, tile_batches
 from llavakit.processing.images import normalise, resize_to_input
 from llavakit.synthetic.world import COLOUR_RGB, KINDS, SIZES, Scene, WorldConfig, render_scene
 
@@ -92,24 +93,30 @@ class LabelWeights:
 
     `presence` scales every presence label, so that labels a scene rarely holds still move the
     tower; `kinds` adds the kinds again, shape being the slowest attribute for it to learn;
-    `counts` scales the count labels.
+    `counts` scales the count labels; `tile_words` the cross-entropy of the word over the
+    high-resolution crops, when the tower learns them (`llavakit.demo.tile_words`).
     """
 
     presence: float = 10.0
     kinds: float = 3.0
     counts: float = 10.0
+    tile_words: float = 1.0
 
     def __post_init__(self) -> None:
         refuse_negative_weights(dataclasses.asdict(self))
 
 
 class LabelledTower(nn.Module):
-    """A CLIP vision tower with one linear head on the mean of its layer -2 patch tokens."""
+    """A CLIP vision tower with one linear head on the mean of its layer -2 patch tokens; with
+    `tile_words`, a second head names the word (or "none") of a high-resolution crop."""
 
-    def __init__(self, config: CLIPVisionConfig, vocabulary: SceneLabels, weights: LabelWeights):
+    def __init__(
+        self, config: CLIPVisionConfig, vocabulary: SceneLabels, weights: LabelWeights, tile_words: bool = False
+    ):
         super().__init__()
         self.tower = CLIPVisionModel(config)
         self.head = nn.Linear(config.hidden_size, len(vocabulary.names))
+        self.word_head = nn.Linear(config.hidden_size, len(vocabulary.words) + 1) if tile_words else None
         self.num_kinds, self.num_presence, self.weights = len(vocabulary.kinds), len(vocabulary.presence), weights
 
     def label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -118,10 +125,25 @@ class LabelledTower(nn.Module):
         loss = self.weights.presence * presence.mean() + self.weights.kinds * presence[:, : self.num_kinds].mean()
         return loss + self.weights.counts * counts.mean() if counts.numel() else loss
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor) -> TowerOutput:
+    def mean_token(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[FEATURE_LAYER]
-        logits = self.head(hidden[:, 1:].mean(dim=1))  # patch tokens only, as LLaVA's default strategy
-        return TowerOutput(self.label_loss(logits, labels), logits)
+        return hidden[:, 1:].mean(dim=1)  # patch tokens only, as LLaVA's default strategy
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor,
+        tile_values: torch.Tensor | None = None,
+        tile_labels: torch.Tensor | None = None,
+    ) -> TowerOutput:
+        logits = self.head(self.mean_token(pixel_values))
+        loss = self.label_loss(logits, labels)
+        if tile_values is not None:
+            if self.word_head is None:
+                raise ValueError("this tower was built without a word head (tile_words=False)")
+            word_logits = self.word_head(self.mean_token(tile_values))
+            loss = loss + self.weights.tile_words * nn.functional.cross_entropy(word_logits, tile_labels)
+        return TowerOutput(loss, logits)
 
 
 def _label_batches(
@@ -131,6 +153,13 @@ def _label_batches(
     config = tower_image_config(pixels.shape[1])
     for indices in shuffled_batches(len(labels), settings.batch_size, random.Random(settings.seed)):
         yield dict(pixel_values=torch.from_numpy(normalise(pixels[indices], config)), labels=labels[indices])
+
+
+def _with_tiles(
+    scenes: Iterator[dict[str, torch.Tensor]], tiles: Iterator[dict[str, torch.Tensor]]
+) -> Iterator[dict[str, torch.Tensor]]:
+    for batch in scenes:
+        yield batch | next(tiles)
 
 
 def render_scenes(scenes: Sequence[Scene], image_size: int) -> np.ndarray:
@@ -153,8 +182,11 @@ def pretrain_labelled_tower(
     num_layers: int,
     settings: LoopSettings,
     weights: LabelWeights = LabelWeights(),
+    tiles: TileWords | None = None,
+    tile_batch: int = 32,
 ) -> CLIPVisionModel:
-    """A tiny CLIP vision tower trained to name what each scene holds; returns the tower without its head."""
+    """A tiny CLIP vision tower trained to name what each scene holds and, given `tiles`, the word of
+    `tile_batch` high-resolution crops a step beside them; returns the tower without its heads."""
     if len(scenes) < settings.batch_size:
         raise ValueError(f"the tower needs at least one batch of scenes: {len(scenes)} < {settings.batch_size}")
     torch.manual_seed(settings.seed)
@@ -169,6 +201,11 @@ def pretrain_labelled_tower(
         image_size=image_size,
         patch_size=patch_size,
     )
-    model = LabelledTower(config, vocabulary, weights)
-    train_loop(model, settings, _label_batches(pixels, labels, settings), "vision tower pretraining")
+    model = LabelledTower(config, vocabulary, weights, tile_words=tiles is not None)
+    batches = _label_batches(pixels, labels, settings)
+    if tiles is not None:
+        if tiles.words != vocabulary.words:
+            raise ValueError(f"the crops' words {tiles.words} differ from the tower's {vocabulary.words}")
+        batches = _with_tiles(batches, tile_batches(tiles, tile_batch, settings.seed))
+    train_loop(model, settings, batches, "vision tower pretraining")
     return model.tower
