@@ -117,7 +117,8 @@ def test_the_hd_demo_cuts_the_crops_its_tower_learned_from(tmp_path):
     )
     result = run_demo(tmp_path / "demo", settings)
     model, processor = load_chat_model(result.model_dir)
-    assert (model.config.image_mode, model.config.connector, model.config.connector_tokens) == ("anyres", "avg_pool", 16)
+    config = model.config
+    assert (config.image_mode, config.connector, config.connector_tokens) == ("anyres", "avg_pool", 16)
     highres, image_config = word_crop_layout(settings)
     assert processor.highres.grid_pinpoints == highres.grid_pinpoints == ((128, 128),)
     assert processor.image_token_count((64, 64)) == 16 + 8 * 8 + 8  # the whole image, 2 x 2 crops of 4 x 4, row ends
