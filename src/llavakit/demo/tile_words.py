@@ -25,7 +25,6 @@ from llavakit.processing.highres import HighResConfig, anyres_crops
 from llavakit.processing.images import ImageProcessingConfig
 from llavakit.synthetic.world import Box, Scene, render_scene
 
-NO_WORD = "none"
 PARTIAL = -100  # cross_entropy's ignore_index: a crop the word's edge cuts through
 
 
