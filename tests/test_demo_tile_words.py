@@ -84,14 +84,14 @@ def test_training_on_the_crops_learns_the_word_beyond_its_frequencies():
     highres = HighResConfig(mode="anyres", crop_size=32, patch_size=4, grid_pinpoints=((64, 64),))
     word_scenes = generate_world(300, seed=4, config=WorldConfig(text_prob=1.0))
     tiles = tile_words(word_scenes, highres, tower_image_config(32), WORDS, none_per_word=0.3, seed=0)
-    scenes = generate_world(64, seed=5)
+    scenes = generate_world(16, seed=5)
     vocabulary = SceneLabels()
     labels = torch.from_numpy(np.stack([vocabulary.of(scene) for scene in scenes]))
     config = CLIPVisionConfig(
         hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=4
     )
     model = LabelledTower(config, vocabulary, LabelWeights(presence=0.0, kinds=0.0, counts=0.0), tile_words=True)
-    settings = LoopSettings(steps=250, batch_size=16, lr=3e-3)
+    settings = LoopSettings(steps=150, batch_size=4, lr=3e-3)
     batches = _with_tiles(_label_batches(render_scenes(scenes, 32), labels, settings), tile_batches(tiles, 32, 0))
     train_loop(model, settings, batches, "test word tower")
     with torch.no_grad():

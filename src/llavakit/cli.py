@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llavakit.ablate.command import add_ablate_parser
+from llavakit.demo.settings import PRESETS
 from llavakit.errors import LlavaKitError
 from llavakit.loading_options import add_loading_options, quantization_mode
 from llavakit.serve.command import add_serve_parser
@@ -509,9 +510,9 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
         "and answers a question. Offline; about 8 to 9 minutes on 2 CPU cores, more on slower ones "
         "(--size quick: 2 to 3; --size hd, LLaVA-1.5-HD's high-resolution crops, which also read the word: "
-        "about 15).",
+        "about 16).",
     )
-    demo.add_argument("--size", choices=("full", "quick", "hd"), default="full")
+    demo.add_argument("--size", choices=tuple(PRESETS), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output")
     demo.add_argument("--seed", type=int, help="world and training seed (default: the preset's)")
