@@ -3,9 +3,9 @@
 The world's word is drawn 17 x 6 pixels in a 64 px image, letters about 5 pixels wide: an 8 px
 patch cannot tell them apart (`docs/demo.md`). In the grid modes the processor upscales the
 image onto a canvas and cuts it into crops of the tower's size, so each crop's 8 px patch covers
-4 px of the original. Trained to name the word on those crops, the same tower reads it
-(86.5 % of held-out words against 23.8 % for a tower trained on the word at 8 px), in a third
-of what a 4 px tower costs, because it looks at one 64-token crop instead of 256 tokens.
+4 px of the original. Trained to name the word on those crops, the same tower names 81 % of
+held-out words in 108 s (trained on whole images at 8 px: 24 %; with 4 px patches: 87 % in
+286 s), because each step looks at 64-token crops instead of 256-token images.
 
 Each crop is labelled with the word when it holds all of the word's box, "none" when it holds
 none of it, and left out when the word crosses its edge: half a word is neither.
