@@ -12,7 +12,7 @@ from transformers import CLIPVisionConfig
 from llavakit.demo.backbones import LoopSettings, tower_image_config, train_loop
 from llavakit.demo.pipeline import run_demo, word_crop_layout
 from llavakit.demo.settings import DemoSettings, preset
-from llavakit.demo.tile_words import PARTIAL, crop_word_labels, tile_batches, tile_words
+from llavakit.demo.tile_words import PARTIAL, TileWords, crop_word_labels, tile_batches, tile_words
 from llavakit.demo.tower import LabelledTower, LabelWeights, SceneLabels, _label_batches, _with_tiles, render_scenes
 from llavakit.processing.highres import HighResConfig, anyres_crops
 from llavakit.serve.chat import load_chat_model
@@ -60,6 +60,19 @@ def test_the_kept_crops_are_the_processors_crops_with_their_labels():
         assert tiles.labels[row].item() == label == WORDS.index(scenes[i].word.text)
     batch = next(tile_batches(tiles, 8, seed=0))
     assert batch["tile_values"].shape == (8, 3, 64, 64) and batch["tile_labels"].shape == (8,)
+
+
+def test_crop_batches_show_every_crop_once_an_epoch():
+    n = 20  # crop i is filled with i, so a batch's crops can be told apart by their pixels
+    tiles = TileWords(torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 4, 4), torch.arange(n), WORDS)
+    batches = tile_batches(tiles, 6, seed=0)
+    for _ in range(2):
+        epoch = [next(batches) for _ in range(n // 6)]  # the 2 crops left over wait for the next epoch
+        shown = torch.cat([b["tile_values"][:, 0, 0, 0] for b in epoch]).long()
+        assert len(set(shown.tolist())) == len(shown) == 18
+        assert torch.equal(torch.cat([b["tile_labels"] for b in epoch]), shown)
+    few = next(tile_batches(TileWords(tiles.pixels[:3], tiles.labels[:3], WORDS), 6, seed=0))
+    assert sorted(few["tile_labels"].tolist()) == [0, 1, 2]
 
 
 def test_scenes_without_a_whole_word_in_a_crop_are_refused():

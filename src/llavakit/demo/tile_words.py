@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llavakit.demo.backbones import shuffled_batches
 from llavakit.model import anyres
 from llavakit.processing.highres import HighResConfig, anyres_crops
 from llavakit.processing.images import ImageProcessingConfig
@@ -103,9 +104,8 @@ def tile_words(
 
 
 def tile_batches(tiles: TileWords, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless random batches of crops and their word labels (drawn with replacement across batches)."""
-    rng = random.Random(seed)
-    indices = list(range(len(tiles.labels)))
-    while True:
-        chosen = rng.sample(indices, min(batch_size, len(indices)))
+    """Endless epoch-shuffled batches of crops and their word labels: each crop once an epoch
+    (a set smaller than a batch is one batch of all of it)."""
+    size = min(batch_size, len(tiles.labels))
+    for chosen in shuffled_batches(len(tiles.labels), size, random.Random(seed)):
         yield dict(tile_values=tiles.pixels[chosen], tile_labels=tiles.labels[chosen])
