@@ -89,3 +89,19 @@ def test_backbones_are_the_same_whatever_the_process_random_state(world, tmp_pat
         assert first.keys() == second.keys()
         for key in first:
             torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+@pytest.mark.parametrize("text_prob", [0.0, 1.0])
+def test_text_prob_decides_which_scenes_hold_a_word(tmp_path, text_prob):
+    world = make_world(tmp_path, preset("quick").replace(scenes=20, text_prob=text_prob))
+    scenes = load_scenes(world.train_scenes) + load_scenes(world.test_scenes)
+    assert len(scenes) == 20
+    assert all((scene.word is not None) == (text_prob == 1.0) for scene in scenes)
+    ocr = [r for r in json.loads(world.stage2.read_text()) if "What word is written" in json.dumps(r)]
+    assert bool(ocr) == (text_prob == 1.0)
+
+
+@pytest.mark.parametrize("text_prob", [-0.1, 1.5])
+def test_a_text_prob_outside_zero_to_one_is_refused(tmp_path, text_prob):
+    with pytest.raises(ValueError, match=r"WorldConfig.text_prob must be in \[0, 1\]"):
+        make_world(tmp_path, preset("quick").replace(scenes=20, text_prob=text_prob))

@@ -28,6 +28,7 @@ class DemoSettings:
 
     scenes: int = 2000
     test_fraction: float = 0.2
+    text_prob: float = 0.3  # the share of the world's scenes that hold a word (its OCR questions)
     image_size: int = 64
     patch_size: int = 8
     # 1: one crop per image (LLaVA-1.5); g > 1: LLaVA-1.5-HD's split, the image also upscaled g times

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 from llavakit.demo.settings import DemoSettings
 from llavakit.processing.templates import IMAGE_PLACEHOLDER, get_template
 from llavakit.synthetic.instruct import build_instruct_data, write_instruct_files, write_json
-from llavakit.synthetic.world import describe, load_scenes, write_world
+from llavakit.synthetic.world import WorldConfig, describe, load_scenes, write_world
 from llavakit.tiny import build_tiny_tokenizer
 
 EVAL_SETS = ("vqa", "counting", "ocr", "region", "pope")
@@ -62,7 +62,13 @@ class DemoWorld:
 
 def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
     """Render the world and write stage-1, stage-2 and evaluation files into `out_dir`."""
-    manifest = write_world(out_dir, n=settings.scenes, seed=settings.seed, test_fraction=settings.test_fraction)
+    manifest = write_world(
+        out_dir,
+        n=settings.scenes,
+        seed=settings.seed,
+        test_fraction=settings.test_fraction,
+        config=WorldConfig(text_prob=settings.text_prob),
+    )
     files = write_instruct_files(manifest.root, seed=settings.seed)
     stage2 = build_instruct_data(
         load_scenes(manifest.train_path),

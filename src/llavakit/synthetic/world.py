@@ -119,6 +119,9 @@ class WorldConfig:
             raise ValueError("WorldConfig needs image_size >= 16 and highres_size >= image_size")
         if not 0.0 < self.min_visible <= 1.0:
             raise ValueError("WorldConfig.min_visible must be in (0, 1]")
+        for name in ("text_prob", "highres_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if any(not w or not w.isascii() or not w.isprintable() for w in self.words):
             raise ValueError("WorldConfig.words must be non-empty printable ASCII strings")
         too_wide = [w for w in self.words if _word_ink(w, _font())[2] > self.image_size // 2]
