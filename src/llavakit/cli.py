@@ -510,7 +510,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         "runs LLaVA's two training stages, evaluates on held-out images against chance, saves loss curves "
         "and answers a question. Offline; about 8 to 9 minutes on 2 CPU cores, more on slower ones "
         "(--size quick: 2 to 3; --size hd, LLaVA-1.5-HD's high-resolution crops, which also read the word: "
-        "about 16).",
+        "about 15).",
     )
     demo.add_argument("--size", choices=tuple(PRESETS), default="full")
     demo.add_argument("--output", default="runs/demo", help="folder for every artefact (default: runs/demo)")

@@ -118,7 +118,7 @@ PRESETS: dict[str, DemoSettings] = {
         eval_per_set=200,
     ),
     # LLaVA-1.5-HD: the tower reads the word on 2x crops, and the LLM needs four stage-2 epochs
-    # to find it in one crop's tokens (docs/demo.md); about 16 minutes on 2 CPU cores
+    # to find it in one crop's tokens (docs/demo.md); about 15 minutes on 2 CPU cores
     "hd": DemoSettings(hd_grid=2, connector="avg_pool", connector_tokens=16, tower_tile_batch=32, stage2_epochs=4.0),
 }
 
