@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llavakit.demo.pipeline import STAGE2_TEMPLATE
+from llavakit.demo.pipeline import STAGE2_TEMPLATE, run_demo
 from llavakit.demo.settings import preset
 from llavakit.demo.world import make_tokenizer, make_world
 from llavakit.processing.templates import get_template
@@ -102,6 +102,10 @@ def test_text_prob_decides_which_scenes_hold_a_word(tmp_path, text_prob):
 
 
 @pytest.mark.parametrize("text_prob", [-0.1, 1.5])
-def test_a_text_prob_outside_zero_to_one_is_refused(tmp_path, text_prob):
+def test_a_text_prob_outside_zero_to_one_is_refused_before_any_work(tmp_path, text_prob):
+    earlier = tmp_path / "demo"
+    earlier.mkdir()
+    (earlier / "summary.json").write_text("{}")
     with pytest.raises(ValueError, match=r"WorldConfig.text_prob must be in \[0, 1\]"):
-        make_world(tmp_path, preset("quick").replace(scenes=20, text_prob=text_prob))
+        run_demo(earlier, preset("quick").replace(text_prob=text_prob), overwrite=True)
+    assert (earlier / "summary.json").read_text() == "{}"  # the settings are refused before the folder is emptied

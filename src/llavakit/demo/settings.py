@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llavakit.synthetic.world import WorldConfig
+
 VISION_PRETRAINING = ("labels", "clip")
 
 
@@ -78,6 +80,7 @@ class DemoSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.world_config()  # a bad world setting is refused here, before any folder is touched
         if self.vision_pretraining not in VISION_PRETRAINING:
             raise ValueError(
                 f"unknown vision_pretraining {self.vision_pretraining!r}; choose one of {', '.join(VISION_PRETRAINING)}"
@@ -95,6 +98,10 @@ class DemoSettings:
                 f"(vision_pretraining='labels'), got hd_grid={self.hd_grid}, "
                 f"vision_pretraining={self.vision_pretraining!r}"
             )
+
+    def world_config(self) -> WorldConfig:
+        """The synthetic world the demo renders."""
+        return WorldConfig(text_prob=self.text_prob)
 
     @property
     def grid_pinpoints(self) -> list[list[int]] | None:

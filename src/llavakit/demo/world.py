@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 from llavakit.demo.settings import DemoSettings
 from llavakit.processing.templates import IMAGE_PLACEHOLDER, get_template
 from llavakit.synthetic.instruct import build_instruct_data, write_instruct_files, write_json
-from llavakit.synthetic.world import WorldConfig, describe, load_scenes, write_world
+from llavakit.synthetic.world import describe, load_scenes, write_world
 from llavakit.tiny import build_tiny_tokenizer
 
 EVAL_SETS = ("vqa", "counting", "ocr", "region", "pope")
@@ -67,7 +67,7 @@ def make_world(out_dir: Path, settings: DemoSettings) -> DemoWorld:
         n=settings.scenes,
         seed=settings.seed,
         test_fraction=settings.test_fraction,
-        config=WorldConfig(text_prob=settings.text_prob),
+        config=settings.world_config(),
     )
     files = write_instruct_files(manifest.root, seed=settings.seed)
     stage2 = build_instruct_data(
