@@ -327,6 +327,7 @@ def run_demo(
     from llavakit.train.run import run_training
 
     console = console or Console()
+    settings.world_config()  # a bad world setting is refused before the folder is touched
     out = prepare_output_dir(output_dir, overwrite, "demo output folder")
     phases = _Phases(console)
     started = time.perf_counter()

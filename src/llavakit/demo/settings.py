@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from llavakit.synthetic.world import WorldConfig
+if TYPE_CHECKING:
+    from llavakit.synthetic.world import WorldConfig
 
 VISION_PRETRAINING = ("labels", "clip")
 
@@ -80,7 +82,6 @@ class DemoSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.world_config()  # a bad world setting is refused here, before any folder is touched
         if self.vision_pretraining not in VISION_PRETRAINING:
             raise ValueError(
                 f"unknown vision_pretraining {self.vision_pretraining!r}; choose one of {', '.join(VISION_PRETRAINING)}"
@@ -100,7 +101,10 @@ class DemoSettings:
             )
 
     def world_config(self) -> WorldConfig:
-        """The synthetic world the demo renders."""
+        """The synthetic world the demo renders; building it checks its fields (imported here:
+        `llavakit --help` loads the presets and must not load Pillow)."""
+        from llavakit.synthetic.world import WorldConfig
+
         return WorldConfig(text_prob=self.text_prob)
 
     @property
